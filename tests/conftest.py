@@ -1,0 +1,38 @@
+"""Shared fixtures: where ../shared lives, and a skip with a clear reason when it does not."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SYCAM_SHARED", ROOT.parent / "shared"))
+MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2-b0353104.pth"
+IMAGENET_DEV = SHARED / "data" / "imagenet-val-dev"
+COCO128 = SHARED / "data" / "coco128"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def need(path: Path) -> Path:
+    """Skip the calling test, naming the missing path, where shared data is absent."""
+    if not path.exists():
+        pytest.skip(f"shared resource not found: {path} (set SYCAM_SHARED to the folder holding weights/ and data/)")
+    return path
+
+
+@pytest.fixture
+def mobilenet_weights() -> Path:
+    return need(MOBILENET_WEIGHTS)
+
+
+@pytest.fixture
+def imagenet_dev() -> Path:
+    return need(IMAGENET_DEV)
+
+
+@pytest.fixture
+def coco128() -> Path:
+    return need(COCO128)
