@@ -1,0 +1,264 @@
+"""Lower a checked program to batched torch: ``CompiledProgram(captures) -> maps (B, H, W)``.
+
+The compiler resolves layer references against a model once, derives the
+:class:`~sycam.capture.CaptureRequest` the program needs, and evaluates the expression over
+:class:`~sycam.capture.Captures` with shared sub-expressions computed once. The final Map is
+upsampled (bilinear) to the input size and min-max normalised per image; a program whose raw map
+holds NaN or Inf raises :class:`~sycam.errors.ProgramRuntimeError` naming the images.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from sycam import kernels as K
+from sycam.capture import CaptureRequest, Captures
+from sycam.errors import LayerError, ProgramRuntimeError
+from sycam.lang import ast as A
+from sycam.lang.ops import OPS
+from sycam.lang.parse import parse
+from sycam.lang.types import CheckResult, check
+
+# ------------------------------------------------------------------ layer resolution
+
+
+class LayerResolver:
+    """Resolves ``A@l``, ``each(SEL, ...)`` and the default layer against one model.
+
+    Indices count over the model's Conv2d layers (``convs``) in ``named_modules()`` order,
+    negative from the end; names are module names.
+    """
+
+    def __init__(self, module: nn.Module, default: str | None = None, stages: Sequence[str] | None = None) -> None:
+        self.names = [n for n, _ in module.named_modules() if n]
+        self._known = set(self.names)
+        self.convs = [n for n, m in module.named_modules() if isinstance(m, nn.Conv2d)]
+        self.default = self.by_name(default) if default is not None else self._fallback_default()
+        self.stages = [self.by_name(s) for s in stages] if stages else self._conv_stage_fallback()
+
+    def _fallback_default(self) -> str:
+        if not self.convs:
+            raise LayerError("the model has no Conv2d layer; name the target layer explicitly (layers=...)")
+        return self.convs[-1]
+
+    def _conv_stage_fallback(self) -> list[str]:
+        return [self.default]
+
+    def by_name(self, name: str) -> str:
+        if name in self._known:
+            return name
+        close = difflib.get_close_matches(name, self.names, n=5, cutoff=0.5)
+        hint = f"; close matches: {', '.join(close)}" if close else f"; the model has {len(self.names)} modules (list them with `sycam layers`)"
+        raise LayerError(f"no layer named '{name}' in the model{hint}")
+
+    def by_index(self, index: int) -> str:
+        if not self.convs:
+            raise LayerError("the model has no Conv2d layer, so layer indices mean nothing; use module names")
+        if not -len(self.convs) <= index < len(self.convs):
+            raise LayerError(f"layer index {index} is out of range: the model has {len(self.convs)} conv layers "
+                             f"(valid: {-len(self.convs)} .. {len(self.convs) - 1})")
+        return self.convs[index]
+
+    def ref(self, ref: A.LayerRef) -> str:
+        return self.by_index(ref.index) if ref.index is not None else self.by_name(str(ref.name))
+
+    def select(self, sel: A.Selection) -> list[str]:
+        if isinstance(sel, A.SelNamed):
+            if sel.name == "convs":
+                if not self.convs:
+                    raise LayerError("the selection 'convs' is empty: the model has no Conv2d layer")
+                return list(self.convs)
+            if sel.name == "last":
+                return [self.default]
+            return list(self.stages)
+        if isinstance(sel, A.SelSlice):
+            chosen = self.convs[slice(sel.start, sel.stop, sel.step)]
+            if not chosen:
+                raise LayerError(f"the layer slice {sel.start}:{sel.stop} selects none of the {len(self.convs)} conv layers")
+            return chosen
+        return [self.ref(r) for r in sel.layers]
+
+
+# ------------------------------------------------------------------ the compiled program
+
+
+@dataclass
+class _Ctx:
+    caps: Captures
+    params: Mapping[str, float]
+    memo: dict
+
+
+class CompiledProgram:
+    """A program bound to a model's layers, ready to evaluate batches of captures."""
+
+    def __init__(self, program: A.Program | str, resolver: LayerResolver) -> None:
+        self.program = parse(program) if isinstance(program, str) else program
+        self.checked: CheckResult = check(self.program)
+        self.expr = self.checked.expr
+        self.resolver = resolver
+        self.score = self.program.score_spec
+        self._plan: dict[int, list[str]] = {}  # id(Each) -> layers
+        needs: dict[str, set[str]] = {k: set() for k in "AGSD"}
+        self._collect(self.expr, None, needs)
+        layers = sorted(set().union(*needs.values()), key=self._order)
+        self.request = CaptureRequest(
+            layers=tuple(layers),
+            grad_layers=frozenset(needs["G"]),
+            score_cam_layers=frozenset(needs["S"]),
+            ablation_layers=frozenset(needs["D"]),
+            score=self.score,
+        )
+
+    def _order(self, name: str) -> int:
+        return self.resolver.names.index(name) if name in self.resolver.names else -1
+
+    def _collect(self, node: A.Expr, layer: str | None, needs: dict[str, set[str]]) -> None:
+        if isinstance(node, A.Terminal) and node.kind != "Y":
+            needs[node.kind].add(self._terminal_layer(node, layer))
+        if isinstance(node, A.Each):
+            chosen = self.resolver.select(node.selection)
+            self._plan[id(node)] = chosen
+            for name in chosen:
+                self._collect(node.body, name, needs)
+            return
+        for child in A.children(node):
+            self._collect(child, layer, needs)
+
+    def _terminal_layer(self, node: A.Terminal, layer: str | None) -> str:
+        if node.layer is not None:
+            return self.resolver.ref(node.layer)
+        return layer if layer is not None else self.resolver.default
+
+    # -------------------------------------------------------------- params
+    @property
+    def params(self) -> dict[str, A.Param]:
+        return self.checked.params
+
+    def param_values(self, overrides: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Values for every ``?param``: overrides, else the default, else the range's midpoint."""
+        values: dict[str, float] = {}
+        overrides = dict(overrides or {})
+        for name, p in self.params.items():
+            if name in overrides:
+                v = float(overrides.pop(name))
+                if p.lo is not None and not p.lo <= v <= p.hi:  # type: ignore[operator]
+                    raise ValueError(f"?{name} = {v} lies outside its range [{p.lo}, {p.hi}]")
+                values[name] = v
+            elif p.default is not None:
+                values[name] = p.default
+            elif p.lo is not None:
+                values[name] = (p.lo + p.hi) / 2  # type: ignore[operator]
+            else:
+                raise ValueError(f"?{name} has neither a default nor a range: pass a value for it")
+        if overrides:
+            raise ValueError(f"unknown parameter(s) {', '.join('?' + k for k in overrides)}; the program has "
+                             f"{', '.join('?' + k for k in self.params) or 'none'}")
+        return values
+
+    # -------------------------------------------------------------- evaluation
+    def raw(self, caps: Captures, params: Mapping[str, float] | None = None) -> Tensor:
+        """The program's Map before upsampling and normalisation, (B, h, w)."""
+        ctx = _Ctx(caps, self.param_values(params), {})
+        out = self._eval(self.expr, None, ctx)
+        assert isinstance(out, Tensor) and out.ndim == 3, "type checker guarantees a Map"
+        return out
+
+    def __call__(self, caps: Captures, params: Mapping[str, float] | None = None, chunk_size: int | None = None) -> Tensor:
+        """Normalised maps (B, H, W) in [0, 1] at the input size. Evaluated in batch chunks of
+        ``chunk_size`` images (all at once by default)."""
+        batch = int(caps.Y.shape[0])
+        step = chunk_size or batch
+        outs = [self._finish(self.raw(_slice(caps, i, i + step), params), caps.input_size, i)
+                for i in range(0, batch, step)]
+        return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+    def _finish(self, raw: Tensor, size: tuple[int, int], offset: int) -> Tensor:
+        finite = torch.isfinite(raw).flatten(1).all(1)
+        if not bool(finite.all()):
+            bad = (~finite).nonzero().flatten().add(offset).tolist()
+            raise ProgramRuntimeError(f"program yields NaN or Inf for image(s) {bad[:10]}{'...' if len(bad) > 10 else ''}: "
+                                      "it is invalid on this input")
+        return K.norm(K.resize(raw.float(), size))
+
+    def _eval(self, node: A.Expr, layer: str | None, ctx: _Ctx) -> K.Value:
+        key = (id(node), layer)
+        hit = ctx.memo.get(key)
+        if hit is not None:
+            return hit
+        out = self._compute(node, layer, ctx)
+        ctx.memo[key] = out
+        return out
+
+    def _scalar(self, node: A.Num | A.Param, ctx: _Ctx) -> float:
+        return node.value if isinstance(node, A.Num) else ctx.params[node.name]
+
+    def _compute(self, node: A.Expr, layer: str | None, ctx: _Ctx) -> K.Value:
+        caps = ctx.caps
+        if isinstance(node, (A.Num, A.Param)):
+            return torch.full_like(caps.Y, self._scalar(node, ctx))
+        if isinstance(node, A.Terminal):
+            if node.kind == "Y":
+                return caps.Y
+            name = self._terminal_layer(node, layer)
+            return getattr(caps, node.kind)[name]
+        if isinstance(node, A.BinOp):
+            return K.broadcast(K.BINARY[node.op], self._eval(node.left, layer, ctx), self._eval(node.right, layer, ctx))
+        if isinstance(node, A.Pow):
+            e = self._scalar(node.exponent, ctx)
+            return K.lift(lambda x: K.power(x, e), self._eval(node.base, layer, ctx))
+        if isinstance(node, A.Each):
+            return [self._eval(node.body, name, ctx) for name in self._plan[id(node)]]  # type: ignore[misc]
+        if isinstance(node, A.Fuse):
+            maps = self._eval(node.maps, layer, ctx)
+            weights = None if node.weights is None else self._eval(node.weights, layer, ctx)
+            size = caps.input_size if node.grid == "input" else None
+            return K.fuse(maps, weights, node.mode, size)  # type: ignore[arg-type]
+        assert isinstance(node, A.Call)
+        return self._call(node, layer, ctx)
+
+    def _call(self, node: A.Call, layer: str | None, ctx: _Ctx) -> K.Value:
+        fn, family = node.fn, OPS[node.fn].family
+        x = self._eval(node.args[0], layer, ctx)
+        if family == "elementwise":
+            return K.lift(K.UNARY[fn], x)
+        if family == "binary":
+            return K.broadcast(K.BINARY[fn], x, self._eval(node.args[1], layer, ctx))
+        consts = [self._scalar(a, ctx) for a in node.args[1:]]  # type: ignore[arg-type]
+        if family == "reduce_hw":
+            return K.lift(lambda v: K.reduce_hw(fn[:-3], v), x)
+        if family == "reduce_c":
+            return K.lift(lambda v: K.reduce_c(fn[:-2], v), x)
+        if family == "softmax_c":
+            return K.lift(K.softmax_c, x)
+        if family == "pc1":
+            return K.lift(K.pc1, x)
+        per_value = {
+            "norm": K.norm,
+            "zscore": K.zscore,
+            "winsorize": lambda v: K.winsorize(v, consts[0]),
+            "threshold": lambda v: K.threshold(v, consts[0]),
+            "rescale": lambda v: K.rescale(v, consts[0], consts[1]),
+            "percentile": lambda v: K.percentile(v, consts[0]),
+        }[fn]
+        if isinstance(x, list) and x and x[0].ndim == 1:  # Layers<Scalar>: along the layers
+            return K.along_layers(per_value, x)
+        return K.lift(per_value, x)
+
+
+def _slice(caps: Captures, i: int, j: int) -> Captures:
+    if i == 0 and j >= int(caps.Y.shape[0]):
+        return caps
+    cut = lambda d: {k: v[i:j] for k, v in d.items()}  # noqa: E731
+    return Captures(A=cut(caps.A), G=cut(caps.G), S=cut(caps.S), D=cut(caps.D), Y=caps.Y[i:j],
+                    logits=caps.logits[i:j], input_size=caps.input_size)
+
+
+def compile_program(program: A.Program | str, module: nn.Module, default_layer: str | None = None,
+                    stages: Sequence[str] | None = None) -> CompiledProgram:
+    """Parse (if text), type-check and bind a program to ``module``'s layers."""
+    return CompiledProgram(program, LayerResolver(module, default_layer, stages))

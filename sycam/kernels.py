@@ -1,0 +1,279 @@
+"""Batched torch implementations of the language's operators.
+
+A value is a tensor whose number of dimensions says its type (the batch axis comes first):
+Scalar ``(B,)``, Channels ``(B, C)``, Map ``(B, H, W)``, Tensor ``(B, C, H, W)``; a per-layer
+value (``Layers<T>``) is a Python list of such tensors. Every kernel is guarded: no kernel turns
+finite input into NaN or Inf except through genuine overflow, which the compiler reports.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+EPS = 1e-12
+EXP_CLAMP = 80.0  # exp(80) ~ 5.5e34 stays finite in float32
+
+Value = Tensor | list[Tensor]
+
+# ------------------------------------------------------------------ broadcasting
+
+_AXES = {1: "", 2: "C", 3: "HW", 4: "CHW"}
+_NDIM = {"": 1, "C": 2, "HW": 3, "CHW": 4}
+
+
+def _as4(x: Tensor) -> Tensor:
+    if x.ndim == 4:
+        return x
+    if x.ndim == 3:
+        return x.unsqueeze(1)
+    if x.ndim == 2:
+        return x[:, :, None, None]
+    return x[:, None, None, None]
+
+
+def _from4(x: Tensor, ndim: int) -> Tensor:
+    if ndim == 4:
+        return x
+    if ndim == 3:
+        return x[:, 0]
+    if ndim == 2:
+        return x[:, :, 0, 0]
+    return x[:, 0, 0, 0]
+
+
+def broadcast(fn: Callable[[Tensor, Tensor], Tensor], a: Value, b: Value) -> Value:
+    """Apply a binary elementwise ``fn`` with the language's broadcasting rules."""
+    if isinstance(a, list) or isinstance(b, list):
+        if isinstance(a, list) and isinstance(b, list):
+            return [broadcast(fn, x, y) for x, y in zip(a, b)]  # type: ignore[misc]
+        if isinstance(a, list):
+            return [broadcast(fn, x, b) for x in a]  # type: ignore[misc]
+        return [broadcast(fn, a, y) for y in b]  # type: ignore[union-attr]
+    if a.ndim == b.ndim:
+        return fn(a, b)
+    axes = "".join(sorted(set(_AXES[a.ndim]) | set(_AXES[b.ndim]), key="CHW".index))
+    return _from4(fn(_as4(a), _as4(b)), _NDIM[axes])
+
+
+def lift(fn: Callable[[Tensor], Tensor], x: Value) -> Value:
+    """Apply a per-value function to a value or to each layer of a per-layer value."""
+    return [fn(v) for v in x] if isinstance(x, list) else fn(x)
+
+
+# ------------------------------------------------------------------ arithmetic
+
+
+def safe_div(a: Tensor, b: Tensor) -> Tensor:
+    """``a / b`` with ``|b| < EPS`` replaced by ``±EPS`` (sign of b, + for 0): 0/0 = 0, x/0 finite."""
+    small = b.abs() < EPS
+    guard = torch.where(b < 0, torch.full_like(b, -EPS), torch.full_like(b, EPS))
+    return a / torch.where(small, guard, b)
+
+
+def power(x: Tensor, e: float) -> Tensor:
+    """``x^e``: integer exponents keep the sign; others act on ``|x|``; negative ones divide safely."""
+    if float(e).is_integer():
+        out = torch.pow(x, abs(int(e)))
+    else:
+        out = torch.pow(x.abs(), abs(e))
+    return safe_div(torch.ones_like(out), out) if e < 0 else out
+
+
+UNARY: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": torch.relu,
+    "abs": torch.abs,
+    "neg": torch.neg,
+    "exp": lambda x: torch.exp(x.clamp(max=EXP_CLAMP)),
+    "log": lambda x: torch.log(x.clamp(min=EPS)),
+    "sqrt": lambda x: torch.sqrt(x.clamp(min=0)),
+    "sq": torch.square,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "sign": torch.sign,
+}
+
+BINARY: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "+": torch.add,
+    "-": torch.sub,
+    "*": torch.mul,
+    "/": safe_div,
+    "max": torch.maximum,
+    "min": torch.minimum,
+}
+
+# ------------------------------------------------------------------ reductions
+
+
+def reduce_hw(kind: str, x: Tensor) -> Tensor:
+    """Tensor (B,C,H,W) -> Channels (B,C); Map (B,H,W) -> Scalar (B,)."""
+    dims = (-2, -1)
+    if kind == "sum":
+        return x.sum(dims)
+    if kind == "mean":
+        return x.mean(dims)
+    return x.amax(dims)
+
+
+def reduce_c(kind: str, x: Tensor) -> Tensor:
+    """Tensor (B,C,H,W) -> Map (B,H,W); Channels (B,C) -> Scalar (B,)."""
+    if kind == "sum":
+        return x.sum(1)
+    if kind == "mean":
+        return x.mean(1)
+    return x.amax(1)
+
+
+# ------------------------------------------------------------------ along the natural axis
+
+
+def _flat(x: Tensor) -> Tensor:
+    """(B, ...) -> (B, N): the natural axis of a Map, Channels or Tensor is everything but B."""
+    return x.reshape(x.shape[0], -1)
+
+
+def _unflat(y: Tensor, like: Tensor) -> Tensor:
+    return y.reshape(like.shape)
+
+
+def norm(x: Tensor) -> Tensor:
+    """Min-max to [0, 1] per image: ``(x - min) / (max - min)``; a constant image gives 0.
+
+    A range below 1e-6 of the largest magnitude counts as constant (float noise, not signal).
+    """
+    f = _flat(x)
+    lo = f.amin(1, keepdim=True)
+    hi = f.amax(1, keepdim=True)
+    rng = hi - lo
+    scale = torch.maximum(hi.abs(), lo.abs())
+    ok = rng > 1e-6 * scale
+    out = torch.where(ok, (f - lo) / torch.where(ok, rng, torch.ones_like(rng)), torch.zeros_like(f))
+    return _unflat(out, x)
+
+
+def zscore(x: Tensor) -> Tensor:
+    """``(x - mean) / std`` per image (population std); a constant image gives 0."""
+    f = _flat(x)
+    mu = f.mean(1, keepdim=True)
+    sd = f.std(1, unbiased=False, keepdim=True) if f.shape[1] > 0 else torch.zeros_like(mu)
+    ok = sd > 1e-6 * (f.abs().amax(1, keepdim=True))
+    out = torch.where(ok, (f - mu) / torch.where(ok, sd, torch.ones_like(sd)), torch.zeros_like(f))
+    return _unflat(out, x)
+
+
+def softmax_c(x: Tensor) -> Tensor:
+    """Softmax over the channel axis (dim 1) of Channels or a Tensor."""
+    return torch.softmax(x, dim=1)
+
+
+def _quantile(f: Tensor, q: float) -> Tensor:
+    """Per-row quantile of (B, N) ignoring NaN (linear interpolation, numpy's default); (B, 1)."""
+    return torch.nanquantile(f, q, dim=1, keepdim=True)
+
+
+def _check_percent(p: float, fn: str) -> float:
+    if not 0.0 <= p <= 100.0:
+        raise ValueError(f"{fn}: percentile {p} is outside [0, 100]")
+    return p / 100.0
+
+
+def percentile(x: Tensor, p: float) -> Tensor:
+    """The p-th percentile (linear interpolation) per image -> Scalar (B,)."""
+    return _quantile(_flat(x).float(), _check_percent(p, "percentile"))[:, 0].to(x.dtype)
+
+
+def threshold(x: Tensor, p: float) -> Tensor:
+    """Zero the entries below the p-th percentile (per image)."""
+    f = _flat(x)
+    tau = _quantile(f, _check_percent(p, "threshold"))
+    return _unflat(torch.where(f >= tau, f, torch.zeros_like(f)), x)
+
+
+def winsorize(x: Tensor, p: float) -> Tensor:
+    """Cap the upper tail: τ = p-th percentile of the *positive* entries (per image), positive
+    entries become ``min(x, τ)``; non-positive entries are unchanged (Winsor-CAM's rule on
+    ReLU'd importances). No positive entry: unchanged."""
+    f = _flat(x)
+    pos = f > 0
+    masked = torch.where(pos, f, torch.full_like(f, float("nan")))
+    tau = _quantile(masked, _check_percent(p, "winsorize"))
+    tau = torch.where(torch.isnan(tau), torch.full_like(tau, float("inf")), tau)
+    return _unflat(torch.where(pos, torch.minimum(f, tau), f), x)
+
+
+def rescale(x: Tensor, lo: float, hi: float) -> Tensor:
+    """Positive entries linearly to [lo, hi] (min -> lo, max -> hi; all equal -> hi);
+    non-positive entries become 0 (per image)."""
+    f = _flat(x)
+    pos = f > 0
+    inf = torch.full_like(f, float("inf"))
+    mn = torch.where(pos, f, inf).amin(1, keepdim=True)
+    mx = torch.where(pos, f, -inf).amax(1, keepdim=True)
+    rng = mx - mn
+    ok = torch.isfinite(rng) & (rng > 1e-6 * mx.abs())
+    scaled = lo + (f - mn) / torch.where(ok, rng, torch.ones_like(rng)) * (hi - lo)
+    out = torch.where(ok, scaled, torch.full_like(f, hi))
+    return _unflat(torch.where(pos, out, torch.zeros_like(f)), x)
+
+
+def along_layers(fn: Callable[[Tensor], Tensor], xs: list[Tensor]) -> list[Tensor]:
+    """Apply a natural-axis function to Layers<Scalar>: the axis is the layer axis."""
+    stacked = torch.stack(xs, dim=1)  # (B, L)
+    out = fn(stacked)
+    return list(out.unbind(1)) if out.ndim == 2 else out  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------ projections
+
+
+def pc1(x: Tensor) -> Tensor:
+    """Eigen-CAM (Muhammad & Yeasin, 2020): project each position's channel vector on the first
+    principal component of the (HW × C) activation matrix, centred per channel.
+
+    ``M = X - mean_hw(X)`` (rows: positions), ``v1`` = top right singular vector of M,
+    map = ``M v1``. The singular vector's sign is arbitrary; sycam fixes it so that the map
+    correlates positively with ``mean_c(X)``. Computed from the smaller Gram matrix.
+    """
+    b, c, h, w = x.shape
+    m = x.reshape(b, c, h * w).transpose(1, 2).double()  # (B, HW, C)
+    m = m - m.mean(dim=1, keepdim=True)
+    if c <= h * w:
+        _, vecs = torch.linalg.eigh(m.transpose(1, 2) @ m)  # (B, C, C), ascending
+        proj = m @ vecs[:, :, -1:]  # (B, HW, 1)
+    else:
+        vals, vecs = torch.linalg.eigh(m @ m.transpose(1, 2))  # (B, HW, HW)
+        proj = vecs[:, :, -1:] * vals[:, -1:].clamp(min=0).sqrt()[:, None]
+    proj = proj[..., 0]
+    ref = x.mean(1).reshape(b, h * w).double()
+    ref = ref - ref.mean(1, keepdim=True)
+    sign = torch.where((proj * ref).sum(1, keepdim=True) < 0, -1.0, 1.0)
+    return (proj * sign).reshape(b, h, w).to(x.dtype)
+
+
+# ------------------------------------------------------------------ layers
+
+
+def resize(m: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of maps (B, h, w) -> (B, H, W), half-pixel centres (align_corners=False)."""
+    if tuple(m.shape[-2:]) == tuple(size):
+        return m
+    return F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def fuse(maps: list[Tensor], weights: list[Tensor] | None, mode: str, size: tuple[int, int] | None) -> Tensor:
+    """Resize per-layer maps to ``size`` (default: the largest layer grid), weight them and combine
+    with ``sum``, ``mean``, ``max`` or ``prod``."""
+    if size is None:
+        size = max((tuple(m.shape[-2:]) for m in maps), key=lambda s: s[0] * s[1])  # type: ignore[assignment]
+    stack = torch.stack([resize(m, size) for m in maps], dim=1)  # type: ignore[arg-type]  # (B, L, H, W)
+    if weights is not None:
+        stack = stack * torch.stack(weights, dim=1)[:, :, None, None]
+    if mode == "sum":
+        return stack.sum(1)
+    if mode == "mean":
+        return stack.mean(1)
+    if mode == "max":
+        return stack.amax(1)
+    return stack.prod(1)

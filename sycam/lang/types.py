@@ -1,0 +1,220 @@
+"""Shape types and the type checker.
+
+Types (per image; the batch axis is implicit):
+
+- ``Tensor``  C×H×W — activations ``A``, gradients ``G``
+- ``Channels`` C — per-channel values: ``mean_hw(G)``, Score-CAM's ``S``, Ablation-CAM's ``D``
+- ``Map``     H×W — a saliency map
+- ``Scalar``  one number — ``Y``, ``percentile(x, p)``, constants
+- ``Layers<T>`` one ``T`` per layer of a selection — what ``each(SEL, body)`` yields
+
+Tensor, Channels and Map carry the layer they come from: values of different layers have
+different C, H, W, so combining them is a type error (``fuse`` is how layers meet).
+Broadcasting: Scalar with anything; Channels with Tensor over H,W; Map with Tensor over C;
+Channels with Map gives a Tensor; ``Layers<X>`` with ``Layers<Y>`` of the same selection
+elementwise, and with a Scalar. Unary operators lift over ``Layers``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sycam.errors import ProgramTypeError
+from sycam.lang import ast as A
+from sycam.lang.ops import OPS
+from sycam.lang.pretty import _selection
+
+_AXES = {"Scalar": frozenset(), "Channels": frozenset("C"), "Map": frozenset("HW"), "Tensor": frozenset("CHW")}
+_BY_AXES = {v: k for k, v in _AXES.items()}
+
+
+@dataclass(frozen=True)
+class Type:
+    kind: str  # Tensor | Channels | Map | Scalar
+    layer: str | None = None  # where a Tensor/Channels/Map comes from
+
+    def __str__(self) -> str:
+        return self.kind
+
+
+@dataclass(frozen=True)
+class LayersType:
+    elem: Type
+    selection: str
+
+    @property
+    def kind(self) -> str:
+        return f"Layers<{self.elem.kind}>"
+
+    def __str__(self) -> str:
+        return self.kind
+
+
+AnyType = Type | LayersType
+SCALAR = Type("Scalar")
+
+
+def _where(layer: str | None) -> str:
+    return {"@default": "the default layer", "@each": "the current layer of each(...)"}.get(
+        layer or "", f"layer {layer[1:].lstrip('#')}" if layer and layer.startswith("@") else str(layer))
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What the checker learned about a program."""
+
+    type: AnyType
+    params: dict[str, A.Param]
+    expr: A.Expr  # the body with lets inlined (what the compiler lowers)
+
+
+class _Checker:
+    def __init__(self, source: str | None) -> None:
+        self.source = source
+
+    def fail(self, node, message: str) -> ProgramTypeError:
+        pos = getattr(node, "pos", None)
+        return ProgramTypeError(message, self.source, pos.line if pos else None, pos.column if pos else None)
+
+    # -------------------------------------------------------------- broadcasting
+    def broadcast(self, node, a: AnyType, b: AnyType, what: str) -> AnyType:
+        if isinstance(a, LayersType) or isinstance(b, LayersType):
+            if isinstance(a, LayersType) and isinstance(b, LayersType):
+                if a.selection != b.selection:
+                    raise self.fail(node, f"{what} combines layer selections '{a.selection}' and '{b.selection}'; "
+                                          "per-layer values must come from the same each(...) selection")
+                return LayersType(self.broadcast(node, a.elem, b.elem, what), a.selection)  # type: ignore[arg-type]
+            layers, other = (a, b) if isinstance(a, LayersType) else (b, a)
+            if other != SCALAR:
+                raise self.fail(node, f"{what} combines {layers} with {other}; a per-layer value combines only "
+                                      "with another of the same selection or with a Scalar (use fuse(...) first)")
+            return layers
+        if a.kind == "Scalar":
+            return b
+        if b.kind == "Scalar":
+            return a
+        if a.layer != b.layer:
+            raise self.fail(node, f"{what} combines a {a} of {_where(a.layer)} with a {b} of {_where(b.layer)}; "
+                                  "values of different layers have different shapes (combine maps with fuse(...))")
+        return Type(_BY_AXES[_AXES[a.kind] | _AXES[b.kind]], a.layer)
+
+    # -------------------------------------------------------------- inference
+    def infer(self, node: A.Expr, in_each: bool) -> AnyType:
+        if isinstance(node, (A.Num, A.Param)):
+            return SCALAR
+        if isinstance(node, A.Var):
+            raise self.fail(node, f"unknown name '{node.name}' (bind it first with: let {node.name} = ...;)")
+        if isinstance(node, A.Terminal):
+            if node.kind == "Y":
+                return SCALAR
+            layer = "@" + node.layer.key() if node.layer is not None else ("@each" if in_each else "@default")
+            return Type("Tensor" if node.kind in "AG" else "Channels", layer)
+        if isinstance(node, A.BinOp):
+            return self.broadcast(node, self.infer(node.left, in_each), self.infer(node.right, in_each), f"'{node.op}'")
+        if isinstance(node, A.Pow):
+            return self.infer(node.base, in_each)
+        if isinstance(node, A.Each):
+            if in_each:
+                raise self.fail(node, "each(...) cannot be nested inside each(...)")
+            body = self.infer(node.body, True)
+            if isinstance(body, LayersType):  # pragma: no cover - prevented by the nesting rule
+                raise self.fail(node, "the body of each(...) is already per-layer")
+            return LayersType(body, _selection(node.selection))
+        if isinstance(node, A.Fuse):
+            maps = self.infer(node.maps, in_each)
+            if not (isinstance(maps, LayersType) and maps.elem.kind == "Map"):
+                raise self.fail(node, f"fuse(...) needs Layers<Map> (from each(SEL, <a Map>)) as its first argument, got {maps}")
+            if node.weights is not None:
+                weights = self.infer(node.weights, in_each)
+                if not (isinstance(weights, LayersType) and weights.elem.kind == "Scalar"):
+                    raise self.fail(node.weights, f"fuse(...) weights must be Layers<Scalar> (one number per layer), got {weights}")
+                if weights.selection != maps.selection:
+                    raise self.fail(node.weights, f"fuse(...) weights are over '{weights.selection}' but the maps over '{maps.selection}'")
+            return Type("Map", f"fused:{node.grid}")
+        if isinstance(node, A.Call):
+            return self.call(node, in_each)
+        raise self.fail(node, f"unknown node {type(node).__name__}")  # pragma: no cover
+
+    def call(self, node: A.Call, in_each: bool) -> AnyType:
+        spec = OPS[node.fn]
+        args = [self.infer(a, in_each) for a in node.args]
+        x = args[0]
+        if spec.family == "elementwise":
+            return x
+        if spec.family == "binary":
+            return self.broadcast(node, args[0], args[1], f"{node.fn}(...)")
+        if isinstance(x, LayersType) and not (spec.family in ("axis", "percentile") and x.elem.kind == "Scalar"):
+            inner = self.call_on(node, x.elem)
+            return LayersType(inner, x.selection)  # type: ignore[arg-type]
+        if isinstance(x, LayersType):  # axis ops on Layers<Scalar> work along the layers
+            return SCALAR if spec.family == "percentile" else x
+        return self.call_on(node, x)
+
+    def call_on(self, node: A.Call, x: Type) -> Type:
+        fn, family = node.fn, OPS[node.fn].family
+        if family == "reduce_hw":
+            if x.kind == "Tensor":
+                return Type("Channels", x.layer)
+            if x.kind == "Map":
+                return SCALAR
+            raise self.fail(node, f"{fn} reduces over H and W: it needs a Tensor or a Map, got {x}")
+        if family == "reduce_c":
+            if x.kind == "Tensor":
+                return Type("Map", x.layer)
+            if x.kind == "Channels":
+                return SCALAR
+            raise self.fail(node, f"{fn} reduces over channels: it needs a Tensor or Channels, got {x}")
+        if family == "softmax_c":
+            if x.kind in ("Tensor", "Channels"):
+                return x
+            raise self.fail(node, f"softmax_c needs a Tensor or Channels, got {x}")
+        if family == "pc1":
+            if x.kind == "Tensor":
+                return Type("Map", x.layer)
+            raise self.fail(node, f"pc1 projects a Tensor (C×H×W) onto its first principal component, got {x}")
+        if family == "percentile":
+            if x.kind == "Scalar":
+                raise self.fail(node, "percentile of a single Scalar is the Scalar itself; apply it to a Map, Channels, Tensor or Layers<Scalar>")
+            return SCALAR
+        if family == "axis":
+            if x.kind == "Scalar":
+                raise self.fail(node, f"{fn} of a single Scalar per image is degenerate; apply it to a Map, Channels, Tensor or Layers<Scalar>")
+            return x
+        raise self.fail(node, f"unknown operator family {family}")  # pragma: no cover
+
+
+def check(program: A.Program) -> CheckResult:
+    """Type-check a program. The final value must be a Map.
+
+    Raises :class:`~sycam.errors.ProgramTypeError` with line, column and what was expected.
+    """
+    checker = _Checker(program.source)
+    # every let is checked where it is defined (names must be bound before use) ...
+    bound: set[str] = set()
+    for let in program.lets:
+        for n in A.walk(let.value):
+            if isinstance(n, A.Var) and n.name not in bound:
+                raise checker.fail(n, f"unknown name '{n.name}' (a let can use only names bound above it)")
+        bound.add(let.name)
+    for n in A.walk(program.body):
+        if isinstance(n, A.Var) and n.name not in bound:
+            raise checker.fail(n, f"unknown name '{n.name}' (bind it first with: let {n.name} = ...;)")
+    # ... and typed where it is used: lets are macros, so inline and type the whole body
+    expr = A.inline_lets(program)
+    result = checker.infer(expr, in_each=False)
+    if isinstance(result, LayersType):
+        raise checker.fail(program.body, f"the program yields {result}; combine the layers into one Map with fuse(...)")
+    if result.kind != "Map":
+        hint = {"Tensor": " (reduce the channels, e.g. sum_c(...))", "Channels": " (weight a Tensor with it, e.g. sum_c(w * A))",
+                "Scalar": ""}.get(result.kind, "")
+        raise checker.fail(program.body, f"a program must yield a Map, got {result}{hint}")
+    _check_params(checker, expr)
+    return CheckResult(result, A.params(expr), expr)
+
+
+def _check_params(checker: _Checker, expr: A.Expr) -> None:
+    specs: dict[str, A.Param] = {}
+    for n in A.walk(expr):
+        if isinstance(n, A.Param) and n.lo is not None:
+            prev = specs.setdefault(n.name, n)
+            if (prev.lo, prev.hi) != (n.lo, n.hi):
+                raise checker.fail(n, f"?{n.name} is declared with two ranges: [{prev.lo}, {prev.hi}] and [{n.lo}, {n.hi}]")
