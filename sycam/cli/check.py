@@ -1,0 +1,72 @@
+"""``sycam check PROGRAM`` and ``sycam programs``."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sycam.errors import SycamError
+from sycam.lang import ast as A
+from sycam.lang import check, parse, pretty
+from sycam.lang.canon import canonical_text
+from sycam.lang.pretty import fmt_number
+
+
+def register(name: str, parser: argparse.ArgumentParser) -> None:
+    if name == "check":
+        parser.add_argument("program", help="program text, a .cam file, or a reference program name")
+    else:
+        parser.add_argument("--verbose", "-v", action="store_true", help="show each program's header and text")
+
+
+def _read(spec: str) -> A.Program:
+    from sycam.programs import ALIASES, list_programs, load
+
+    path = Path(spec)
+    if spec.endswith(".cam") or (len(spec) < 4096 and "\n" not in spec and path.is_file()):
+        if not path.is_file():
+            raise SycamError(f"program file not found: {spec}")
+        return load(path)
+    if spec.lower() in list_programs() or spec.lower() in ALIASES:
+        return load(spec)
+    return parse(spec)
+
+
+def _params(program: A.Program) -> list[str]:
+    rows = []
+    for name, p in A.params(A.inline_lets(program)).items():
+        rng = f" in [{fmt_number(p.lo)}, {fmt_number(p.hi)}]" if p.lo is not None else ""
+        default = f" default {fmt_number(p.default)}" if p.default is not None else ""
+        rows.append(f"?{name}{rng}{default}")
+    return rows
+
+
+def run(name: str, args: argparse.Namespace) -> int:
+    if name == "programs":
+        return _programs(args.verbose)
+    program = _read(args.program)
+    result = check(program)
+    print(f"type:      {result.type}")
+    print(f"size:      {A.size(result.expr)} nodes")
+    print(f"score:     {program.score_spec.kind}" + (f" (k={program.score_spec.k}, alpha={fmt_number(program.score_spec.alpha)})"
+                                                    if program.score_spec.kind == "finer" else ""))
+    print(f"params:    {', '.join(_params(program)) or 'none'}")
+    print(f"canonical: {canonical_text(program)}")
+    print("program:")
+    for line in pretty(program).splitlines():
+        print("  " + line)
+    return 0
+
+
+def _programs(verbose: bool) -> int:
+    from sycam.programs import describe, list_programs, load
+
+    for n in list_programs():
+        header = describe(n).splitlines()
+        title = header[0] if header else ""
+        print(f"{n:<12} {title}")
+        if verbose:
+            for line in header[1:]:
+                print(f"{'':<12}   {line}")
+            for line in pretty(load(n)).splitlines():
+                print(f"{'':<12}   | {line}")
+    return 0

@@ -1,0 +1,124 @@
+"""Explainers for users: a program bound to a model, called on ``(images, targets)``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from sycam._state import eval_mode
+from sycam.capture import capture
+from sycam.compile import CompiledProgram, LayerResolver
+from sycam.errors import SycamError
+from sycam.lang import ast as A
+from sycam.lang.parse import parse
+from sycam.models.bundle import ModelBundle
+
+
+def as_program(program: A.Program | str | Path) -> A.Program:
+    """A Program from a Program, a reference name (``gradcam``), a ``.cam`` path or program text."""
+    if isinstance(program, A.Program):
+        return program
+    from sycam.programs import list_programs, load
+
+    text = str(program)
+    if isinstance(program, Path) or text.endswith(".cam") or text.lower() in list_programs() or _is_alias(text):
+        return load(program)
+    return parse(text)
+
+
+def _is_alias(text: str) -> bool:
+    from sycam.programs import ALIASES
+
+    return text.lower() in ALIASES
+
+
+def _layer_name(module: nn.Module, layer: str | int | nn.Module) -> str | int:
+    if isinstance(layer, nn.Module):
+        for name, m in module.named_modules():
+            if m is layer and name:
+                return name
+        raise SycamError("the layer module given is not a sub-module of the model")
+    return layer
+
+
+class Explainer:
+    """``Explainer(model, program, layers=...)``: call it on ``(images, targets)`` to get
+    ``(B, H, W)`` maps in [0, 1].
+
+    - ``model``: an ``nn.Module`` (images are its inputs, already normalised) or a
+      :class:`~sycam.models.bundle.ModelBundle` (whose default layer and stages are used).
+    - ``program``: a reference name (``"gradcam"``), a ``.cam`` path, program text or a Program.
+    - ``layers``: the default target layer (bare ``A``/``G``), by module name, conv index or module.
+      Several layers: the program runs with each as the default layer and the normalised maps
+      are averaged at the input size (pytorch-grad-cam's semantics for several target layers).
+    - ``params``: values for the program's ``?params`` (defaults otherwise).
+
+    One forward and one ``autograd.grad`` per chunk of ``chunk_size`` images; the model comes
+    back as it was (mode, hooks, ``.grad``).
+    """
+
+    def __init__(self, model: nn.Module | ModelBundle, program: A.Program | str | Path,
+                 layers: str | int | nn.Module | Sequence[str | int | nn.Module] | None = None,
+                 params: Mapping[str, float] | None = None, chunk_size: int = 32) -> None:
+        if isinstance(model, ModelBundle):
+            module, default, stages = model.module, model.default_layer, model.stage_layers
+        elif isinstance(model, nn.Module):
+            module, default, stages = model, None, None
+        else:
+            raise TypeError(f"model must be an nn.Module or a ModelBundle, got {type(model).__name__}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        self.module = module
+        self.program = as_program(program)
+        self.chunk_size = chunk_size
+        if layers is None or isinstance(layers, (str, int, nn.Module)):
+            chosen = [default if layers is None else _layer_name(module, layers)]
+        else:
+            chosen = [_layer_name(module, layer) for layer in layers]
+            if not chosen:
+                raise SycamError("layers is an empty list; give at least one layer or None for the default")
+        base = LayerResolver(module, default, stages)
+        targets = [base.by_index(c) if isinstance(c, int) else (base.default if c is None else base.by_name(c)) for c in chosen]
+        self.layers = targets
+        self.program = self._lift(self.program, targets)
+        self.compiled = CompiledProgram(self.program, LayerResolver(module, targets[0], stages or None))
+        self.params = self.compiled.param_values(params)
+
+    @staticmethod
+    def _lift(program: A.Program, layers: list[str]) -> A.Program:
+        if len(layers) == 1:
+            return program
+        body = A.Fuse(A.Each(A.SelList(tuple(A.LayerRef(name=n) for n in layers)), A.Call("norm", (A.inline_lets(program),))),
+                      None, "mean", "input")
+        return A.Program(body=body, score=program.score)
+
+    @property
+    def request(self):
+        return self.compiled.request
+
+    def __call__(self, images: Tensor, targets: Tensor | int | Sequence[int] | None = None) -> Tensor:
+        if not isinstance(images, Tensor) or images.ndim != 4:
+            raise SycamError(f"images must be a (B, C, H, W) tensor, got {getattr(images, 'shape', type(images).__name__)}")
+        device = images.device
+        targets_t = self._targets(images, targets)
+        outs = []
+        for i in range(0, images.shape[0], self.chunk_size):
+            caps = capture(self.module, images[i:i + self.chunk_size], targets_t[i:i + self.chunk_size], self.request)
+            outs.append(self.compiled(caps, self.params))
+        return torch.cat(outs).to(device)
+
+    def _targets(self, images: Tensor, targets) -> Tensor:
+        b = images.shape[0]
+        if targets is None:
+            with torch.no_grad(), eval_mode(self.module):
+                return torch.cat([self.module(images[i:i + self.chunk_size]).argmax(1) for i in range(0, b, self.chunk_size)])
+        if isinstance(targets, int):
+            return torch.full((b,), targets, dtype=torch.long, device=images.device)
+        t = torch.as_tensor(targets, dtype=torch.long, device=images.device).reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(b)
+        if t.shape[0] != b:
+            raise SycamError(f"got {t.shape[0]} targets for {b} images")
+        return t
