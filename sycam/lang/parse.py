@@ -259,7 +259,8 @@ def _syntax_error(err: UnexpectedInput, source: str) -> ProgramSyntaxError:
         tok = err.token
         expected = set(err.expected)
         got = "end of program" if tok.type == "$END" else repr(str(tok))
-        line, col = (err.line, err.column) if err.line not in (None, -1) else _end_position(source)
+        at_end = tok.type == "$END" or err.line in (None, -1)
+        line, col = _end_position(source) if at_end else (err.line, err.column)
         msg = f"unexpected {got}; expected {_describe_expected(expected)}"
         return ProgramSyntaxError(msg, source, line, col, sorted(expected))
     if isinstance(err, UnexpectedCharacters):
@@ -278,7 +279,8 @@ def _syntax_error(err: UnexpectedInput, source: str) -> ProgramSyntaxError:
 
 
 def _end_position(source: str) -> tuple[int, int]:
-    lines = source.split("\n")
+    """Just after the last non-blank character."""
+    lines = source.rstrip().split("\n")
     return len(lines), len(lines[-1]) + 1
 
 
