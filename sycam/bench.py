@@ -1,0 +1,210 @@
+"""Cached captures of a dataset split, and scoring programs on them.
+
+This is sycam's key property: forward/backward passes are paid once per batch, layer set and
+target, never once per candidate. A :class:`Workbench` captures every batch once (for the union of
+what the programs it will score need) and then scores any number of compiled programs with any
+metric on those captures.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sycam._state import eval_mode
+from sycam.capture import CaptureRequest, Captures, capture
+from sycam.compile import CompiledProgram, LayerResolver
+from sycam.data.base import Batch, Dataset, collate
+from sycam.errors import SycamError
+from sycam.lang import ast as A
+from sycam.metrics import Metric, MetricInputs
+from sycam.models.bundle import ModelBundle
+
+
+def merge_requests(requests: Iterable[CaptureRequest]) -> CaptureRequest:
+    """One request that serves them all (they must explain the same score)."""
+    reqs = list(requests)
+    if not reqs:
+        raise ValueError("no capture requests to merge")
+    scores = {r.score for r in reqs}
+    if len(scores) > 1:
+        raise ValueError(f"cannot share one capture between different scores: {sorted(map(str, scores))}")
+    layers: list[str] = []
+    for r in reqs:
+        layers += [name for name in r.layers if name not in layers]
+    return CaptureRequest(
+        layers=tuple(layers),
+        grad_layers=frozenset().union(*(r.grad_layers for r in reqs)),
+        score_cam_layers=frozenset().union(*(r.score_cam_layers for r in reqs)),
+        ablation_layers=frozenset().union(*(r.ablation_layers for r in reqs)),
+        score=reqs[0].score,
+    )
+
+
+def target_mode(mode: str, dataset: Dataset, num_classes: int) -> str:
+    """Which class each image is explained for.
+
+    ``label``: the dataset label (the model must share the label space); ``pred``: the model's
+    prediction; ``imagenet``: for an ImageNet classifier on VOC/COCO images, the best-scoring
+    ImageNet class among those mapped to the image's class; ``auto``: ``imagenet`` for a
+    1000-class model on VOC/COCO, ``label`` where the label spaces agree, else ``pred``.
+    """
+    if mode not in ("auto", "label", "pred", "imagenet"):
+        raise SycamError(f"unknown target mode '{mode}'; expected auto, label, pred or imagenet")
+    if mode != "auto":
+        return mode
+    space = getattr(dataset, "label_space", None)
+    if space in ("voc", "coco") and num_classes == 1000:
+        return "imagenet"
+    return "label" if getattr(dataset, "num_classes", None) == num_classes else "pred"
+
+
+def choose_targets(mode: str, logits: Tensor | None, labels: Tensor, dataset: Dataset, num_classes: int) -> Tensor:
+    """The target class per image for a resolved ``mode`` (see :func:`target_mode`)."""
+    if mode == "label":
+        if labels.numel() and (int(labels.max()) >= num_classes or int(labels.min()) < 0):
+            raise SycamError(f"dataset label {int(labels.max())} is out of range for a model with {num_classes} classes; "
+                             "use --targets pred (or imagenet for VOC/COCO with an ImageNet model)")
+        return labels
+    assert logits is not None
+    if mode == "pred":
+        return logits.argmax(1)
+    from sycam.data.targets import resolve_targets
+
+    return resolve_targets("imagenet", logits, labels.to(logits.device), str(getattr(dataset, "label_space", "")))
+
+
+@dataclass
+class CachedBatch:
+    batch: Batch  # images in [0, 1], labels, masks
+    targets: Tensor
+    caps: Captures
+
+
+@dataclass
+class Workbench:
+    """A model, a dataset split and the captures of every batch for one capture request."""
+
+    bundle: ModelBundle
+    dataset: Dataset
+    request: CaptureRequest
+    batch_size: int = 32
+    targets: str = "auto"
+    device: torch.device | None = None
+    progress: bool = True
+    batches: list[CachedBatch] = field(default_factory=list)
+    capture_seconds: float = 0.0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.device = self.device or next(self.bundle.module.parameters()).device
+        if len(self.dataset) == 0:
+            raise SycamError(f"dataset {getattr(self.dataset, 'name', '?')} is empty")
+        self.mode = target_mode(self.targets, self.dataset, self.bundle.num_classes)
+
+    @property
+    def resolver(self) -> LayerResolver:
+        return LayerResolver(self.bundle.module, self.bundle.default_layer, self.bundle.stage_layers)
+
+    def compile(self, program: A.Program) -> CompiledProgram:
+        return CompiledProgram(program, self.resolver)
+
+    def normalized(self, images01: Tensor) -> Tensor:
+        return self.bundle.normalize(images01.to(self.device))
+
+    def iter_batches(self) -> Iterable[tuple[Batch, Tensor, Captures]]:
+        """Capture batch after batch without keeping them (bounded memory for large sets)."""
+        n = len(self.dataset)
+        for start in range(0, n, self.batch_size):
+            samples = []
+            for i in range(start, min(n, start + self.batch_size)):
+                samples.append(self.dataset[i])
+            batch = collate(samples).to(self.device)  # type: ignore[arg-type]
+            inputs = self.normalized(batch.images)
+            t0 = time.perf_counter()
+            logits = None
+            if self.mode != "label":  # the target depends on the prediction: one extra no-grad forward
+                with torch.no_grad(), eval_mode(self.bundle.module):
+                    logits = self.bundle.module(inputs)
+            targets = choose_targets(self.mode, logits, batch.labels, self.dataset, self.bundle.num_classes)
+            caps = capture(self.bundle.module, inputs, targets, self.request)
+            self.capture_seconds += time.perf_counter() - t0
+            yield batch, targets, caps
+
+    def load(self) -> "Workbench":
+        """Capture and keep every batch (for scoring many programs)."""
+        if self.batches:
+            return self
+        total = math.ceil(len(self.dataset) / self.batch_size)
+        it = self.iter_batches()
+        if self.progress:
+            it = tqdm(it, total=total, desc=f"capturing {getattr(self.dataset, 'name', 'data')}", unit="batch", leave=False)
+        self.batches = [CachedBatch(b, t, c) for b, t, c in it]
+        return self
+
+    # ------------------------------------------------------------------ scoring
+    def score_fn(self) -> Callable[[Tensor, Tensor], Tensor]:
+        """The model's target probability on images in [0, 1] (for faithfulness metrics)."""
+        module, normalize = self.bundle.module, self.bundle.normalize
+
+        def fn(images01: Tensor, targets: Tensor) -> Tensor:
+            with torch.no_grad(), eval_mode(module):
+                probs = torch.softmax(module(normalize(images01)), dim=1)
+            return probs.gather(1, targets.view(-1, 1))[:, 0]
+
+        return fn
+
+    def explain_fn(self, compiled: CompiledProgram, params=None) -> Callable[[Tensor, Tensor], Tensor]:
+        """Re-run a program on perturbed images (for robustness metrics)."""
+
+        def fn(images01: Tensor, targets: Tensor) -> Tensor:
+            caps = capture(self.bundle.module, self.normalized(images01), targets, compiled.request)
+            return compiled(caps, params)
+
+        return fn
+
+    def metric_inputs(self, cb: CachedBatch, maps: Tensor, metric: Metric, compiled: CompiledProgram | None = None,
+                      params=None) -> MetricInputs:
+        return MetricInputs(
+            maps=maps,
+            images=cb.batch.images,
+            targets=cb.targets,
+            masks=cb.batch.masks,
+            score_fn=self.score_fn() if "model" in metric.needs else None,
+            explain_fn=self.explain_fn(compiled, params) if ("explainer" in metric.needs and compiled is not None) else None,
+        )
+
+    def maps(self, compiled: CompiledProgram, cb: CachedBatch, params=None) -> Tensor:
+        return compiled(cb.caps, params)
+
+    def score(self, compiled: CompiledProgram, metrics: Sequence[Metric], params=None) -> dict[str, Tensor]:
+        """Per-image values of each metric over every cached batch.
+
+        Raises :class:`ProgramRuntimeError` when the program yields NaN/Inf on some image.
+        """
+        self.load()
+        out: dict[str, list[Tensor]] = {m.name: [] for m in metrics}
+        for cb in self.batches:
+            maps = compiled(cb.caps, params)
+            for m in metrics:
+                out[m.name].append(m(self.metric_inputs(cb, maps, m, compiled, params)).cpu())
+        return {k: torch.cat(v) for k, v in out.items()}
+
+
+def mean_score(values: Tensor) -> float:
+    """NaN-aware mean (NaN where no image has a defined value)."""
+    valid = values[~torch.isnan(values)]
+    return float(valid.mean()) if valid.numel() else float("nan")
+
+
+def request_for(programs: Sequence[A.Program], bench_resolver: LayerResolver) -> CaptureRequest:
+    """The union capture request of several programs."""
+    return merge_requests(CompiledProgram(p, bench_resolver).request for p in programs)
+
+
+__all__ = ["Workbench", "CachedBatch", "merge_requests", "target_mode", "choose_targets", "mean_score", "request_for"]

@@ -1,0 +1,62 @@
+"""``sycam synthesize --metric M`` and ``sycam tradeoff --metrics M1,M2``."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from sycam.errors import SycamError
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def register(name: str, parser: argparse.ArgumentParser) -> None:
+    if name == "synthesize":
+        parser.add_argument("--metric", required=True, help="metric to maximise (its direction is the metric's own), e.g. iou")
+    else:
+        parser.add_argument("--metrics", required=True, help="comma-separated metrics for a multi-objective search, e.g. iou,deletion")
+    parser.add_argument("--model", default="builtin", help="builtin (default), a torchvision name, or package.module:factory")
+    parser.add_argument("--weights", default=None, help="local weights file (loaded with weights_only=True) or a torchvision enum name")
+    parser.add_argument("--data", default="builtin", help="builtin (default), folder:PATH, coco:PATH or voc:PATH")
+    parser.add_argument("--budget", type=float, default=90.0, help="seconds of search (default 90)")
+    parser.add_argument("--candidates", type=int, default=None, help="stop after this many scored candidates (all workers)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="output folder (default sycam-out/<study>)")
+    parser.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite in the output folder); "
+                                                        "e.g. postgresql://user@host/db to share a study between machines")
+    parser.add_argument("--study", default=None, help="study name; workers with the same name and storage share one search")
+    parser.add_argument("--train-limit", type=int, default=256, help="images of the train split searched on")
+    parser.add_argument("--val-limit", type=int, default=256, help="images of the validation split selected on")
+    parser.add_argument("--test-limit", type=int, default=512, help="images of the test split reported on")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-size", type=int, default=8, help="largest Map expression the enumerator builds (AST nodes)")
+    parser.add_argument("--no-enumerate", action="store_true", help="skip the enumerator (Optuna only)")
+    parser.add_argument("--references", default=None, help="comma-separated reference programs reported beside the result")
+    parser.add_argument("--targets", default="auto", choices=["auto", "label", "pred", "imagenet"])
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(name: str, args: argparse.Namespace) -> int:
+    from sycam.search.synthesize import REFERENCES, SynthConfig, Synthesis, format_hall
+
+    metrics = [args.metric] if name == "synthesize" else _split(args.metrics)
+    if name == "tradeoff" and len(metrics) < 2:
+        raise SycamError("tradeoff needs at least two metrics, e.g. --metrics iou,deletion")
+    if args.budget <= 0:
+        raise SycamError(f"--budget must be positive, got {args.budget}")
+    cfg = SynthConfig(
+        metrics=metrics, model=args.model, weights=args.weights, data=args.data, budget=args.budget,
+        candidates=args.candidates, seed=args.seed, out=args.out, storage=args.storage, study=args.study,
+        train_limit=args.train_limit, val_limit=args.val_limit, test_limit=args.test_limit, batch_size=args.batch_size,
+        max_size=args.max_size, references=_split(args.references) if args.references else REFERENCES,
+        targets=args.targets, device=args.device, progress=not args.quiet, enumerate=not args.no_enumerate,
+    )
+    result = Synthesis(cfg).run()
+    if name == "synthesize":
+        print(format_hall(result))
+    else:
+        print(json.dumps({"pareto_front": [{"program": r["program"], "test": r["test"]} for r in result["hall_of_fame"]]}, indent=2))
+        print(f"outputs in {result['out']}")
+    return 0

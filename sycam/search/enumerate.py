@@ -1,0 +1,227 @@
+"""Bottom-up, type-directed enumeration of programs by size, deduplicated twice.
+
+1. **Canonical form**: each new expression is mapped to sympy (:mod:`sycam.lang.canon`); an
+   expression whose canonical form was seen is dropped.
+2. **Observational equivalence**: each sub-expression is evaluated on a probe batch of captures;
+   one whose values equal (to 5 significant digits) those of a smaller one is dropped, since it
+   behaves the same under every parent. Whole programs are compared on their *normalised* maps,
+   so programs equal up to a positive scale (CAM metrics cannot tell them apart) are one.
+
+The enumerator never touches a model: it reads cached captures only.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from sycam import kernels as K
+from sycam.capture import Captures
+from sycam.compile import CompiledProgram, LayerResolver
+from sycam.errors import ProgramRuntimeError, SycamError
+from sycam.lang import ast as A
+from sycam.lang.canon import canonical
+from sycam.search.space import BY_NAME, BY_TYPE, C, M, P, SELECTIONS, S, T, Derivation, Production
+
+
+def value_key(v: Tensor) -> bytes | None:
+    """A hash of a value up to float noise (5 significant digits), None if not finite."""
+    if not bool(torch.isfinite(v).all()):
+        return None
+    scale = float(v.abs().max())
+    if scale == 0.0:
+        return b"zero" + str(tuple(v.shape)).encode()
+    q = torch.round(v / scale * 1e5).to(torch.int64)
+    h = hashlib.blake2b(q.cpu().numpy().tobytes(), digest_size=16)
+    h.update(f"{scale:.5g}|{tuple(v.shape)}".encode())
+    return h.digest()
+
+
+def map_key(maps: Tensor) -> bytes:
+    """Fingerprint of normalised maps (B, H, W) in [0, 1], to 1/100."""
+    q = torch.round(maps * 100).to(torch.int16)
+    return hashlib.blake2b(q.cpu().numpy().tobytes(), digest_size=16).digest()
+
+
+@dataclass
+class EnumStats:
+    generated: int = 0  # expressions built (all types)
+    canonical_duplicates: int = 0
+    observational_duplicates: int = 0  # sub-expressions with the values of a smaller one
+    invalid: int = 0  # NaN/Inf on the probe
+    programs: int = 0  # whole programs that survived both dedupes
+    program_duplicates: int = 0  # whole programs with the normalised maps of a smaller one
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Entry:
+    deriv: Derivation
+    expr: A.Expr
+    value: Tensor
+    size: int
+
+
+@dataclass
+class Enumerator:
+    """Enumerate programs of the search space by size on one probe batch.
+
+    ``probe``: captures of a few images holding every conv layer (A and G); ``resolver``: the
+    model's layers; ``max_size``: largest Map expression (AST nodes) enumerated; ``bucket``:
+    at most this many expressions are kept per (type, size), smallest first.
+    """
+
+    probe: Captures
+    resolver: LayerResolver
+    max_size: int = 8
+    bucket: int = 300
+    multi_layer_from: int = 6  # Maps up to this size are also lifted over layer selections ...
+    lifted: int = 40  # ... at most this many of them (the smallest)
+    stats: EnumStats = field(default_factory=EnumStats)
+
+    def __post_init__(self) -> None:
+        self.layer = self.resolver.default
+        self.banks: dict[str, dict[int, list[_Entry]]] = {t: {} for t in (T, C, M, S)}
+        self.seen_canon: set[str] = set()
+        self.seen_values: set[bytes] = set()
+        self.seen_maps: set[bytes] = set()
+
+    # -------------------------------------------------------------- evaluation on the probe
+    def _eval(self, node: A.Expr, kids: list[Tensor]) -> Tensor:
+        if isinstance(node, A.Var):
+            return kids[int(node.name[1:])]
+        if isinstance(node, A.Terminal):
+            return getattr(self.probe, node.kind)[self.layer]
+        if isinstance(node, A.BinOp):
+            return K.broadcast(K.BINARY[node.op], self._eval(node.left, kids), self._eval(node.right, kids))  # type: ignore[return-value]
+        assert isinstance(node, A.Call)
+        x = self._eval(node.args[0], kids)
+        if node.fn in K.UNARY:
+            return K.UNARY[node.fn](x)
+        if node.fn.endswith("_hw"):
+            return K.reduce_hw(node.fn[:-3], x)
+        if node.fn.endswith("_c") and node.fn != "softmax_c":
+            return K.reduce_c(node.fn[:-2], x)
+        if node.fn == "softmax_c":
+            return K.softmax_c(x)
+        raise SycamError(f"the enumerator cannot evaluate {node.fn}")  # pragma: no cover
+
+    # -------------------------------------------------------------- enumeration
+    def _combos(self, prod: Production, size: int):
+        """Children (entries) whose sizes add up with the production's own nodes to ``size``."""
+        rest = size - prod.own_size
+        arity = len(prod.children)
+        if arity == 0:
+            if rest == 0:
+                yield ()
+            return
+        for sizes in _compositions(rest, arity):
+            pools = [self.banks[t].get(s, []) for t, s in zip(prod.children, sizes)]
+            if all(pools):
+                yield from itertools.product(*pools)
+
+    def _add(self, typ: str, size: int, prod: Production, kids: tuple[_Entry, ...]) -> _Entry | None:
+        self.stats.generated += 1
+        expr = prod.build([k.expr for k in kids])
+        key = canonical(expr)
+        if key in self.seen_canon:
+            self.stats.canonical_duplicates += 1
+            return None
+        self.seen_canon.add(key)
+        value = self._eval(prod.template, [k.value for k in kids])
+        vkey = value_key(value)
+        if vkey is None:
+            self.stats.invalid += 1
+            return None
+        vkey = typ.encode() + vkey
+        if vkey in self.seen_values:
+            self.stats.observational_duplicates += 1
+            return None
+        self.seen_values.add(vkey)
+        entry = _Entry(Derivation(prod.name, tuple(k.deriv for k in kids)), expr, value, size)
+        self.banks[typ].setdefault(size, []).append(entry)
+        return entry
+
+    def _program(self, deriv: Derivation, value: Tensor | None = None) -> bool:
+        """Whole-program dedupe on normalised probe maps. A single-layer program's final map is
+        norm(resize(value)), so norm(value) identifies it without upsampling."""
+        if value is not None:
+            maps = K.norm(value)
+        else:
+            try:
+                maps = CompiledProgram(deriv.program(), self.resolver)(self.probe)
+            except ProgramRuntimeError:
+                self.stats.invalid += 1
+                return False
+        key = map_key(maps)
+        if key in self.seen_maps:
+            self.stats.program_duplicates += 1
+            return False
+        self.seen_maps.add(key)
+        self.stats.programs += 1
+        return True
+
+    def run(self, time_limit: float | None = None, limit: int | None = None) -> list[Derivation]:
+        """Programs in order of size, deduplicated; stops at ``time_limit`` seconds or ``limit``
+        programs."""
+        start = time.perf_counter()
+        out: list[Derivation] = []
+        maps_for_layers: list[_Entry] = []
+        importance = self._importance()
+        with torch.no_grad():
+            for size in range(1, self.max_size + 1):
+                for typ in (T, C, S, M):
+                    for prod in BY_TYPE[typ]:
+                        for kids in self._combos(prod, size):
+                            if len(self.banks[typ].get(size, [])) >= self.bucket:
+                                break
+                            entry = self._add(typ, size, prod, kids)
+                            if entry is None or typ != M:
+                                continue
+                            deriv = Derivation("single", (entry.deriv,))
+                            if self._program(deriv, entry.value):
+                                out.append(deriv)
+                            if size <= self.multi_layer_from and len(maps_for_layers) < self.lifted:
+                                maps_for_layers.append(entry)
+                            if (limit and len(out) >= limit) or (time_limit and time.perf_counter() - start > time_limit):
+                                return self._finish(out, maps_for_layers, importance, start)
+        return self._finish(out, maps_for_layers, importance, start)
+
+    def _importance(self) -> Derivation:
+        # Winsor-CAM's layer importance: mean over channels of the Grad-CAM weights
+        return Derivation("mean_c_S", (Derivation("mean_hw", (Derivation("G"),)),))
+
+    def _finish(self, out: list[Derivation], maps: list[_Entry], importance: Derivation, start: float) -> list[Derivation]:
+        """Lift the small Maps over layer selections (averaged, max, and Winsor-weighted)."""
+        with torch.no_grad():
+            for entry in maps:
+                for sel in SELECTIONS:
+                    for name in ("layers_mean", "layers_max", "layers_winsor"):
+                        kids = (entry.deriv, importance) if name == "layers_winsor" else (entry.deriv,)
+                        deriv = Derivation(name, kids, sel)
+                        self.stats.generated += 1
+                        if self._program(deriv):
+                            out.append(deriv)
+        self.stats.seconds = time.perf_counter() - start
+        return out
+
+
+def _compositions(total: int, parts: int):
+    """Ordered tuples of ``parts`` positive integers summing to ``total``."""
+    if parts == 1:
+        if total >= 1:
+            yield (total,)
+        return
+    for first in range(1, total - parts + 2):
+        for rest in _compositions(total - first, parts - 1):
+            yield (first,) + rest
+
+
+__all__ = ["Enumerator", "EnumStats", "value_key", "map_key", "BY_NAME", "P"]

@@ -1,0 +1,145 @@
+"""Optuna studies over programs: define-by-run sampling, ?param tuning, shared and resumable.
+
+Every scored candidate is an Optuna trial whose user attributes hold the program text, its size
+and canonical hash, so a study in an RDB storage (SQLite by default, PostgreSQL/MySQL URLs for
+many machines) is the search's durable record: a killed run resumes from it, and several
+workers with the same ``--study`` share it. Enumerated candidates and reference programs are
+enqueued as waiting trials (``skip_if_exists``), so each is taken by exactly one worker.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import optuna
+from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+from sycam.errors import ProgramRuntimeError, SycamError
+from sycam.lang import ast as A
+from sycam.lang.canon import canonical_hash
+from sycam.lang.pretty import pretty
+from sycam.search.space import Derivation, Sampler, to_params
+
+optuna.logging.set_verbosity(logging.WARNING)
+
+
+def open_storage(url: str) -> RDBStorage:
+    """An RDB storage with heartbeats: trials of a killed worker are failed after the grace
+    period and re-queued once (``RetryFailedTrialCallback``), so no candidate is lost."""
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=5, grace_period=20,
+                          failed_trial_callback=RetryFailedTrialCallback(max_retry=2))
+    except Exception as err:  # sqlalchemy errors vary by backend
+        raise SycamError(f"cannot open the study storage {url!r}: {err}") from None
+
+
+def open_study(storage: RDBStorage, name: str, directions: Sequence[str], seed: int) -> optuna.Study:
+    if len(directions) == 1:
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=20, multivariate=False)
+    else:
+        sampler = optuna.samplers.NSGAIISampler(seed=seed)
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, directions=list(directions), sampler=sampler,
+                                    load_if_exists=True)
+    except ValueError as err:
+        raise SycamError(f"study {name!r}: {err}") from None
+    if [d.name.lower() for d in study.directions] != [d.lower() for d in directions]:
+        raise SycamError(f"study {name!r} exists with directions {[d.name.lower() for d in study.directions]}, "
+                         f"not {list(directions)}; pick another --study name")
+    return study
+
+
+def enqueue(study: optuna.Study, deriv: Derivation, source: str, params: dict[str, float] | None = None) -> None:
+    """Queue a known program (enumerated or reference) as a waiting trial, once per study."""
+    values: dict[str, object] = dict(to_params(deriv))
+    for name, value in (params or {}).items():
+        values[f"param:{name}"] = value
+    study.enqueue_trial(values, user_attrs={"source": source}, skip_if_exists=True)
+
+
+@dataclass
+class Candidate:
+    program: A.Program
+    text: str
+    size: int
+    canon: str
+    params: dict[str, float]
+
+
+def sample_candidate(trial: optuna.trial.BaseTrial, max_depth: int) -> Candidate:
+    """Define-by-run: one categorical per grammar node, one float per ?param."""
+    sampler = Sampler(lambda name, options: trial.suggest_categorical(name, list(options)), max_depth=max_depth)
+    deriv = sampler.sample()
+    program = deriv.program()
+    params: dict[str, float] = {}
+    for name, p in A.params(program.body).items():
+        lo, hi = (p.lo, p.hi) if p.lo is not None else (0.0, 100.0)
+        params[name] = trial.suggest_float(f"param:{name}", lo, hi)  # type: ignore[arg-type]
+    return Candidate(program, pretty(program), A.size(program.body), canonical_hash(program), params)
+
+
+@dataclass
+class Objective:
+    """Score sampled programs on the train captures; equal programs are scored once.
+
+    ``evaluate(candidate) -> tuple of metric values`` (raises ProgramRuntimeError when invalid).
+    """
+
+    evaluate: Callable[[Candidate], tuple[float, ...]]
+    max_depth: int = 6
+    memo: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    on_scored: Callable[[optuna.trial.Trial, Candidate, tuple[float, ...]], None] | None = None
+
+    def prime(self, study: optuna.Study) -> None:
+        """Remember the scores already in the study (resume without re-scoring)."""
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            key = t.user_attrs.get("memo_key")
+            if key and t.values:
+                self.memo[key] = tuple(t.values)
+
+    def __call__(self, trial: optuna.trial.Trial) -> float | tuple[float, ...]:
+        cand = sample_candidate(trial, self.max_depth)
+        key = cand.canon + "|" + ",".join(f"{k}={v:.6g}" for k, v in sorted(cand.params.items()))
+        trial.set_user_attr("program", cand.text)
+        trial.set_user_attr("size", cand.size)
+        trial.set_user_attr("canon", cand.canon)
+        trial.set_user_attr("memo_key", key)
+        if key in self.memo:
+            trial.set_user_attr("duplicate", True)
+            values = self.memo[key]
+        else:
+            try:
+                values = self.evaluate(cand)
+            except ProgramRuntimeError as err:
+                trial.set_user_attr("invalid", str(err)[:200])
+                raise optuna.TrialPruned(f"invalid program: {err}") from None
+            if any(math.isnan(v) for v in values):
+                trial.set_user_attr("invalid", "metric undefined on every image")
+                raise optuna.TrialPruned("metric undefined")
+            self.memo[key] = values
+        if self.on_scored is not None:
+            self.on_scored(trial, cand, values)
+        return values[0] if len(values) == 1 else values
+
+
+def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if "program" in t.user_attrs]
+
+
+def unique_best(study: optuna.Study, k: int, higher_is_better: bool) -> list[optuna.trial.FrozenTrial]:
+    """The ``k`` best distinct programs (by canonical form and params) of a single-objective study."""
+    seen: set[str] = set()
+    out = []
+    for t in sorted(completed(study), key=lambda t: (-t.values[0] if higher_is_better else t.values[0], t.user_attrs["size"], t.number)):
+        key = t.user_attrs.get("memo_key", t.user_attrs["program"])
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(t)
+        if len(out) == k:
+            break
+    return out

@@ -1,0 +1,393 @@
+"""``sycam synthesize``: find the program that best serves a metric, measured honestly.
+
+Search on the train split (enumerator, then Optuna), select on validation, report on a held-out
+test split beside the reference programs. Everything a run needs to be reproduced or resumed
+lives in its output folder: the study (SQLite by default), the manifest, the hall of fame.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import optuna
+import torch
+from tqdm.auto import tqdm
+
+from sycam.bench import Workbench, mean_score, merge_requests
+from sycam.capture import CaptureRequest, Captures
+from sycam.compile import CompiledProgram
+from sycam.errors import ProgramRuntimeError, SycamError
+from sycam.lang import ast as A
+from sycam.lang.canon import canonical_hash
+from sycam.lang.parse import grammar_hash, parse
+from sycam.lang.pretty import fmt_number, pretty
+from sycam.search.enumerate import Enumerator, map_key
+from sycam.search.space import derive
+from sycam.search.study import Candidate, Objective, completed, enqueue, open_storage, open_study, unique_best
+
+REFERENCES = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "layeravg", "winsorcam")
+
+
+@dataclass
+class SynthConfig:
+    metrics: list[str]
+    model: str = "builtin"
+    weights: str | None = None
+    data: str = "builtin"
+    budget: float = 90.0  # seconds of search (enumeration + Optuna)
+    candidates: int | None = None  # stop after this many trials (all workers together)
+    seed: int = 0
+    out: str | None = None
+    storage: str | None = None
+    study: str | None = None
+    train_limit: int = 256
+    val_limit: int = 256
+    test_limit: int = 512
+    batch_size: int = 64
+    max_size: int = 8
+    max_depth: int = 6
+    top_k: int = 10
+    references: Sequence[str] = REFERENCES
+    targets: str = "auto"
+    device: str | None = None
+    progress: bool = True
+    enumerate: bool = True
+
+    @property
+    def study_name(self) -> str:
+        if self.study:
+            return self.study
+        raw = f"{'+'.join(self.metrics)}-{self.model}-{self.data}-s{self.seed}"
+        return re.sub(r"[^A-Za-z0-9_.+-]+", "_", raw)[:120]
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out or os.path.join("sycam-out", self.study_name))
+
+
+def check_out_dir(path: Path) -> None:
+    """Fail before any work when the output folder cannot be written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".sycam-write-test"
+        probe.write_bytes(b"x" * 4096)
+        probe.unlink()
+    except OSError as err:
+        raise SycamError(f"cannot write to the output folder {path}: {err.strerror or err}") from None
+
+
+def _device(name: str | None) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _search_request(bench_resolver, score: A.ScoreSpec) -> CaptureRequest:
+    layers = list(dict.fromkeys(bench_resolver.convs + bench_resolver.stages + [bench_resolver.default]))
+    return CaptureRequest(layers=tuple(layers), grad_layers=frozenset(layers), score=score)
+
+
+def _probe(caps: Captures, n: int) -> Captures:
+    cut = lambda d: {k: v[:n] for k, v in d.items()}  # noqa: E731
+    return Captures(A=cut(caps.A), G=cut(caps.G), S=cut(caps.S), D=cut(caps.D), Y=caps.Y[:n], logits=caps.logits[:n],
+                    input_size=caps.input_size)
+
+
+@dataclass
+class Row:
+    """One line of the hall of fame."""
+
+    name: str
+    program: str
+    size: int
+    source: str
+    params: dict[str, float] = field(default_factory=dict)
+    train: dict[str, float] = field(default_factory=dict)
+    val: dict[str, float] = field(default_factory=dict)
+    test: dict[str, float] = field(default_factory=dict)
+
+
+class Synthesis:
+    """One synthesis run (single or multi-objective)."""
+
+    def __init__(self, cfg: SynthConfig) -> None:
+        from sycam.data import open_dataset
+        from sycam.metrics import get_metric
+        from sycam.models import load_model
+
+        if not cfg.metrics:
+            raise SycamError("give at least one metric")
+        self.cfg = cfg
+        self.metrics = [get_metric(m) for m in cfg.metrics]
+        self.out = cfg.out_dir
+        check_out_dir(self.out)
+        torch.manual_seed(cfg.seed)
+        self.device = _device(cfg.device)
+        self.bundle = load_model(cfg.model, cfg.weights, device=self.device)
+        size = self.bundle.input_size[0] if cfg.data != "builtin" else None
+        self.datasets = {split: open_dataset(cfg.data, split=split, size=size, limit=limit)
+                         for split, limit in (("train", cfg.train_limit), ("val", cfg.val_limit), ("test", cfg.test_limit))}
+        self.history: list[dict[str, float]] = []
+        self.t0 = time.perf_counter()
+
+    # ------------------------------------------------------------------ benches
+    def bench(self, split: str, request: CaptureRequest) -> Workbench:
+        return Workbench(self.bundle, self.datasets[split], request, batch_size=self.cfg.batch_size, targets=self.cfg.targets,
+                         device=self.device, progress=self.cfg.progress)
+
+    def _scores(self, bench: Workbench, program: A.Program, params=None) -> dict[str, float]:
+        compiled = bench.compile(program)
+        values = bench.score(compiled, self.metrics, params)
+        return {m.name: mean_score(values[m.name]) for m in self.metrics}
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> dict:
+        cfg = self.cfg
+        directions = ["maximize" if m.higher_is_better else "minimize" for m in self.metrics]
+        storage_url = cfg.storage or f"sqlite:///{(self.out / 'study.db').resolve()}"
+        study = open_study(open_storage(storage_url), cfg.study_name, directions, cfg.seed)
+        self._write_manifest(storage_url)
+
+        resolver = Workbench(self.bundle, self.datasets["train"], CaptureRequest(layers=())).resolver
+        train = self.bench("train", _search_request(resolver, A.ScoreSpec())).load()
+        probe = _probe(train.batches[0].caps, 16)
+
+        # 1. references in the search space and enumerated programs, queued once per study
+        queued = 0
+        for name in cfg.references:
+            from sycam.programs import load
+
+            deriv = derive(A.inline_lets(load(name)))
+            if deriv is not None:
+                enqueue(study, deriv, f"reference:{name}")
+                queued += 1
+        enum_stats: dict[str, float] = {}
+        if cfg.enumerate:
+            enumerator = Enumerator(probe, train.resolver, max_size=cfg.max_size)
+            derivs = enumerator.run(time_limit=0.3 * cfg.budget)
+            enum_stats = enumerator.stats.as_dict()
+            for d in derivs:
+                enqueue(study, d, "enumerator")
+            queued += len(derivs)
+
+        # 2. Optuna: waiting trials first, then TPE over the grammar
+        seen_maps: dict[bytes, tuple[float, ...]] = {}
+        stats = {"scored": 0, "observational_duplicates": 0, "invalid": 0}
+
+        def evaluate(cand: Candidate) -> tuple[float, ...]:
+            compiled = train.compile(cand.program)
+            key = map_key(compiled(probe, cand.params)) + repr(sorted(cand.params.items())).encode()
+            if key in seen_maps:
+                stats["observational_duplicates"] += 1
+                return seen_maps[key]
+            values = train.score(compiled, self.metrics, cand.params)
+            result = tuple(mean_score(values[m.name]) for m in self.metrics)
+            seen_maps[key] = result
+            stats["scored"] += 1
+            return result
+
+        objective = Objective(evaluate, max_depth=cfg.max_depth)
+        objective.prime(study)
+        remaining = max(0.0, cfg.budget - (time.perf_counter() - self.t0))
+        bar = tqdm(total=cfg.candidates, desc=f"synthesize {'+'.join(cfg.metrics)}", unit="cand", disable=not cfg.progress,
+                   dynamic_ncols=True)
+        best = {"value": None}
+        sign = 1 if self.metrics[0].higher_is_better else -1
+
+        def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            bar.update(1)
+            if trial.state == optuna.trial.TrialState.COMPLETE and trial.values:
+                v = trial.values[0]
+                if best["value"] is None or sign * v > sign * best["value"]:
+                    best["value"] = v
+                bar.set_postfix_str(f"best {self.metrics[0].name}={best['value']:.4f} scored={stats['scored']}")
+                self.history.append({"n": trial.number + 1, "seconds": time.perf_counter() - self.t0, "best": best["value"]})
+
+        n_trials = None
+        if cfg.candidates:
+            n_trials = max(0, cfg.candidates - len(completed(study)))
+        if n_trials != 0:
+            study.optimize(objective, n_trials=n_trials, timeout=max(1.0, remaining), callbacks=[progress],
+                           catch=(SycamError,), gc_after_trial=False)
+        bar.close()
+        search_seconds = time.perf_counter() - self.t0
+
+        # 3. honest selection: top-k on train -> pick on validation -> report on test
+        result = self._select_and_report(study, train)
+        result["stats"] = {"queued": queued, "enumeration": enum_stats, **stats, "trials": len(study.trials),
+                           "completed": len(completed(study)), "search_seconds": round(search_seconds, 2),
+                           "total_seconds": round(time.perf_counter() - self.t0, 2)}
+        (self.out / "summary.json").write_text(json.dumps(result, indent=2, default=str))
+        return result
+
+    # ------------------------------------------------------------------ selection and outputs
+    def _rows_from_trials(self, trials) -> list[Row]:
+        rows = []
+        for t in trials:
+            params = {k[len("param:"):]: v for k, v in t.params.items() if k.startswith("param:")}
+            source = t.user_attrs.get("source", t.system_attrs.get("fixed_params") and "queued" or "optuna")
+            rows.append(Row(name=f"trial{t.number}", program=t.user_attrs["program"], size=int(t.user_attrs["size"]),
+                            source=str(source), params=params,
+                            train={m.name: v for m, v in zip(self.metrics, t.values)}))
+        return rows
+
+    def _select_and_report(self, study: optuna.Study, train: Workbench) -> dict:
+        from sycam.programs import load
+
+        primary = self.metrics[0]
+        if len(self.metrics) == 1:
+            trials = unique_best(study, self.cfg.top_k, primary.higher_is_better)
+        else:
+            trials = study.best_trials[: max(self.cfg.top_k, 20)]
+        rows = self._rows_from_trials(trials)
+        if not rows:
+            raise SycamError("the search scored no valid program; raise --budget")
+        programs = [parse(r.program) for r in rows]
+        refs = {name: load(name) for name in self.cfg.references}
+        resolver = train.resolver
+        request = merge_requests([CompiledProgram(p, resolver).request for p in programs + list(refs.values())])
+        val = self.bench("val", request)
+        test = self.bench("test", request)
+        for row, program in zip(rows, programs):
+            row.val = self._scores(val, program, row.params)
+        sign = 1 if primary.higher_is_better else -1
+        rows.sort(key=lambda r: (-sign * _nan_last(r.val[primary.name], sign), r.size))
+        for i, (row, program) in enumerate(zip(rows, [parse(r.program) for r in rows])):
+            row.name = f"best{i + 1}"
+            row.test = self._scores(test, program, row.params)
+        ref_rows = []
+        for name, program in refs.items():
+            compiled = CompiledProgram(program, resolver)
+            params = compiled.param_values()
+            ref_rows.append(Row(name=name, program=pretty(program), size=A.size(A.inline_lets(program)), source="reference",
+                                params=params, train=self._scores(train, program, params), val=self._scores(val, program, params),
+                                test=self._scores(test, program, params)))
+        self._write_outputs(rows, ref_rows, test)
+        best_ref = max(ref_rows, key=lambda r: sign * _nan_last(r.test[primary.name], sign))
+        return {"metric": primary.name, "best": asdict(rows[0]), "best_reference": asdict(best_ref),
+                "hall_of_fame": [asdict(r) for r in rows], "references": [asdict(r) for r in ref_rows],
+                "out": str(self.out)}
+
+    def _write_outputs(self, rows: list[Row], refs: list[Row], test: Workbench) -> None:
+        out = self.out
+        names = [m.name for m in self.metrics]
+        for old in out.glob("best*.cam"):
+            old.unlink()
+        for i, row in enumerate(rows[:5]):
+            header = [f"# {row.name}: synthesized by sycam for {', '.join(names)} (source: {row.source})",
+                      f"# model {self.cfg.model}, data {self.cfg.data}, seed {self.cfg.seed}, study {self.cfg.study_name}",
+                      "# " + "; ".join(f"{split} " + ", ".join(f"{k}={v:.4f}" for k, v in getattr(row, split).items())
+                                       for split in ("train", "val", "test"))]
+            program = parse(row.program)
+            if row.params:  # bake tuned parameters in as the defaults
+                program = _with_defaults(program, row.params)
+            (out / f"{row.name}.cam").write_text("\n".join(header) + "\n" + pretty(program) + "\n")
+        all_rows = rows + refs
+        with open(out / "hall_of_fame.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["name", "source", "size"] + [f"{s}_{n}" for s in ("train", "val", "test") for n in names] + ["params", "program"])
+            for r in all_rows:
+                w.writerow([r.name, r.source, r.size] + [_fmt(getattr(r, s).get(n)) for s in ("train", "val", "test") for n in names]
+                           + [json.dumps(r.params), r.program.replace("\n", " ")])
+        (out / "hall_of_fame.json").write_text(json.dumps({"metrics": names, "rows": [asdict(r) for r in all_rows]}, indent=2))
+        try:
+            from sycam import viz
+
+            if self.history:
+                viz.convergence_plot(self.history, out / "convergence.png")
+            self._overlays(rows[:1] + [r for r in refs if r.name in ("gradcam", "gradcampp", "layercam", "winsorcam")], test)
+        except ImportError:  # pragma: no cover - viz is part of the package
+            pass
+
+    def _overlays(self, rows: list[Row], test: Workbench) -> None:
+        from sycam import viz
+
+        test.load()
+        cb = test.batches[0]
+        n = min(6, len(cb.targets))
+        maps = {}
+        for r in rows:
+            program = parse(r.program)
+            compiled = test.compile(program)
+            try:
+                maps[r.name] = compiled(cb.caps, r.params)[:n].cpu()
+            except ProgramRuntimeError:
+                continue
+        masks = cb.batch.masks[:n].cpu() if cb.batch.masks is not None else None
+        viz.overlay_grid(cb.batch.images[:n].cpu(), maps, self.out / "overlays.png", masks=masks)
+
+    def _write_manifest(self, storage_url: str) -> None:
+        import lark
+        import numpy
+        import sympy
+
+        from sycam import __version__
+
+        manifest = {
+            "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+            "config": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in asdict(self.cfg).items()},
+            "study": self.cfg.study_name,
+            "storage": re.sub(r"//[^@/]*@", "//***@", storage_url),  # never write a password
+            "grammar_hash": grammar_hash(),
+            "model": {"name": self.bundle.name, "default_layer": self.bundle.default_layer, "stages": self.bundle.stage_layers},
+            "data": {split: {"size": len(ds), "name": getattr(ds, "name", "")} for split, ds in self.datasets.items()},
+            "versions": {"sycam": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                         "optuna": optuna.__version__, "sympy": sympy.__version__, "lark": lark.__version__,
+                         "numpy": numpy.__version__},
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": str(self.device)},
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        (self.out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def _with_defaults(program: A.Program, params: dict[str, float]) -> A.Program:
+    text = pretty(program)
+    for name, value in params.items():
+        text = re.sub(r"\?" + re.escape(name) + r"(:\[[^\]]*\])?(=[-0-9.e+]+)?",
+                      lambda m: f"?{name}{m.group(1) or ''}={fmt_number(round(value, 4))}", text)
+    return parse(text)
+
+
+def _nan_last(v: float, sign: int) -> float:
+    return v if not math.isnan(v) else -sign * math.inf
+
+
+def _fmt(v: float | None) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def format_hall(result: dict) -> str:
+    """The hall of fame as a text table (printed at the end of a run)."""
+    metric = result["metric"]
+    lines = [f"Hall of fame — {metric} (search on train, selected on val, reported on test)", ""]
+    head = f"{'':<12} {'size':>4} {'train':>8} {'val':>8} {'test':>8}  program"
+    lines.append(head)
+    lines.append("-" * len(head))
+    for r in result["hall_of_fame"][:5] + [None] + result["references"]:
+        if r is None:
+            lines.append("-" * len(head))
+            continue
+        text = r["program"].replace("\n", " ")
+        lines.append(f"{r['name']:<12} {r['size']:>4} {_fmt(r['train'].get(metric)):>8} {_fmt(r['val'].get(metric)):>8} "
+                     f"{_fmt(r['test'].get(metric)):>8}  {text}")
+    best, ref = result["best"], result["best_reference"]
+    lines += ["", f"best synthesized: test {metric} = {_fmt(best['test'][metric])}   "
+                  f"best reference ({ref['name']}): {_fmt(ref['test'][metric])}"]
+    s = result.get("stats", {})
+    e = s.get("enumeration", {})
+    if e:
+        lines.append(f"enumerator: {int(e.get('generated', 0))} generated, {int(e.get('canonical_duplicates', 0))} canonical and "
+                     f"{int(e.get('observational_duplicates', 0)) + int(e.get('program_duplicates', 0))} observational duplicates "
+                     f"removed, {int(e.get('programs', 0))} programs queued")
+    lines.append(f"search: {s.get('completed', 0)} trials completed, {s.get('scored', 0)} programs scored in this process, "
+                 f"{s.get('search_seconds', 0)} s; outputs in {result['out']}")
+    return "\n".join(lines)
