@@ -1,26 +1,81 @@
 """Capture activations and gradients: one forward pass and one ``autograd.grad`` per batch.
 
-INTERFACE STUB — implemented by the capture/models work package. Keep these names.
+:func:`capture` hooks the requested modules (by name, from ``model.named_modules()``), runs one
+forward pass and one ``torch.autograd.grad`` of the summed target score with respect to the
+hooked outputs that need gradients, and optionally the Score-CAM channel scores ``S`` and the
+Ablation-CAM score drops ``D``. The model comes back exactly as it was.
 """
 from __future__ import annotations
 
+import difflib
+import weakref
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sycam.lang.ast import ScoreSpec
 
+__all__ = ["CaptureRequest", "Captures", "capture", "target_scores", "finer_comparisons"]
+
 
 @dataclass(frozen=True)
 class CaptureRequest:
-    """What a program needs from the model, by resolved module name."""
+    """What a program needs from the model, by resolved module name.
+
+    Every layer named in any field is hooked and returned in ``Captures.A``; ``grad_layers``
+    additionally get ``G``, ``score_cam_layers`` get ``S`` and ``ablation_layers`` get ``D``.
+    Lists and sets are accepted and normalised (tuple / frozenset).
+    """
 
     layers: tuple[str, ...]  # modules whose outputs (A) are needed, in any order
     grad_layers: frozenset[str] = frozenset()  # subset that also needs G = d score / d A
     score_cam_layers: frozenset[str] = frozenset()  # need S: Score-CAM channel scores (B, C)
     ablation_layers: frozenset[str] = frozenset()  # need D: Ablation-CAM score drops (B, C)
     score: ScoreSpec = field(default_factory=ScoreSpec)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, str):
+            raise TypeError(f"CaptureRequest.layers: expected a sequence of module names, got the string {self.layers!r}")
+        object.__setattr__(self, "layers", tuple(dict.fromkeys(self.layers)))
+        for fname in ("grad_layers", "score_cam_layers", "ablation_layers"):
+            value = getattr(self, fname)
+            if isinstance(value, str):
+                raise TypeError(f"CaptureRequest.{fname}: expected a set of module names, got the string {value!r}")
+            object.__setattr__(self, fname, frozenset(value))
+        for fname in ("layers", "grad_layers", "score_cam_layers", "ablation_layers"):
+            for name in getattr(self, fname):
+                if not isinstance(name, str) or not name:
+                    raise ValueError(f"CaptureRequest.{fname}: module names must be non-empty strings, got {name!r}")
+        if not isinstance(self.score, ScoreSpec):
+            raise TypeError(f"CaptureRequest.score: expected a ScoreSpec, got {type(self.score).__name__}")
+
+    @property
+    def all_layers(self) -> tuple[str, ...]:
+        """Every layer to hook: ``layers`` in order, then the other fields' extra names, sorted."""
+        extra = (self.grad_layers | self.score_cam_layers | self.ablation_layers) - set(self.layers)
+        return self.layers + tuple(sorted(extra))
+
+    def validate(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Check that every requested module exists in ``model``; return them by name.
+
+        Unknown names raise ``KeyError`` listing close matches (difflib).
+        """
+        modules = dict(model.named_modules())
+        modules.pop("", None)  # the model itself is not a layer
+        found: dict[str, nn.Module] = {}
+        for name in self.all_layers:
+            if name not in modules:
+                names = list(modules)
+                close = difflib.get_close_matches(name, names, n=5, cutoff=0.5) or [n for n in names if name in n][:5]
+                raise KeyError(
+                    f"CaptureRequest: {type(model).__name__} has no module named {name!r}; close matches: "
+                    f"{', '.join(repr(c) for c in close) if close else 'none'}"
+                )
+            found[name] = modules[name]
+        return found
 
 
 @dataclass
@@ -34,3 +89,333 @@ class Captures:
     Y: Tensor  # (B,) the explained score
     logits: Tensor  # (B, K)
     input_size: tuple[int, int]  # (H, W) of the model input
+
+
+# ----------------------------------------------------------------------------- scores
+
+_SCORE_KINDS = ("logit", "prob", "finer")
+
+
+def _check_spec(spec: ScoreSpec) -> None:
+    if not isinstance(spec, ScoreSpec):
+        raise TypeError(f"score spec: expected a ScoreSpec, got {type(spec).__name__}")
+    if spec.kind not in _SCORE_KINDS:
+        raise ValueError(f"score spec: unknown kind {spec.kind!r}; expected one of {', '.join(_SCORE_KINDS)}")
+    if spec.kind == "finer":
+        if isinstance(spec.k, bool) or not isinstance(spec.k, int) or spec.k < 1:
+            raise ValueError(f"score spec 'finer': k must be a positive int, got {spec.k!r}")
+        if not isinstance(spec.alpha, (int, float)) or isinstance(spec.alpha, bool):
+            raise ValueError(f"score spec 'finer': alpha must be a number, got {spec.alpha!r}")
+
+
+def _check_logits(logits: Any, batch: int, where: str) -> Tensor:
+    if not isinstance(logits, Tensor):
+        raise TypeError(
+            f"{where}: the model must return a logits tensor (B, K), got {type(logits).__name__}"
+            + (" (a tuple: e.g. GoogLeNet/Inception aux outputs in training mode)" if isinstance(logits, tuple) else "")
+        )
+    if logits.ndim != 2 or logits.shape[0] != batch or not logits.is_floating_point():
+        raise ValueError(
+            f"{where}: the model must return float logits of shape (B, K) = ({batch}, K), got {tuple(logits.shape)} "
+            f"{logits.dtype}"
+        )
+    return logits
+
+
+def finer_comparisons(logits: Tensor, targets: Tensor, k: int) -> Tensor:
+    """Finer-CAM's comparison classes, (B, k'): per image the ``k' = min(k, K - 1)`` classes
+    ``j != t`` with the smallest ``|y_j - y_t|``, closest first (ties: lower index first)."""
+    K = logits.shape[1]
+    if K < 2:
+        raise ValueError(f"finer score: needs at least 2 classes to compare with, the model has {K}")
+    kk = min(int(k), K - 1)
+    y = logits.detach()
+    t = targets.view(-1, 1)
+    diff = (y - y.gather(1, t)).abs()
+    diff.scatter_(1, t, -1.0)  # the target itself sorts first and is dropped
+    order = torch.sort(diff, dim=1, stable=True).indices
+    return order[:, 1 : kk + 1]
+
+
+def _scores(logits: Tensor, targets: Tensor, spec: ScoreSpec, comps: Tensor | None) -> Tensor:
+    """The score per row; for 'finer' with fixed comparison classes ``comps`` (B, k)."""
+    t = targets.view(-1, 1)
+    if spec.kind == "logit":
+        return logits.gather(1, t).squeeze(1)
+    if spec.kind == "prob":
+        return torch.softmax(logits, dim=1).gather(1, t).squeeze(1)
+    assert comps is not None
+    y_t = logits.gather(1, t)  # (B, 1)
+    y_c = logits.gather(1, comps)  # (B, k)
+    # p_j / sum_j' p_j' over the comparison classes == softmax restricted to them (stable form)
+    w = torch.softmax(y_c, dim=1)
+    return (w * (y_t - float(spec.alpha) * y_c)).sum(dim=1)
+
+
+def target_scores(logits: Tensor, targets: Tensor, spec: ScoreSpec) -> Tensor:
+    """The explained score per image, (B,), differentiable in ``logits``.
+
+    - ``logit``: ``y_t``;
+    - ``prob``:  ``softmax(y)_t``;
+    - ``finer`` (Finer-CAM, Zhang et al. 2025): with ``C`` the ``k`` classes other than ``t``
+      whose logits are closest to ``y_t`` and ``p = softmax(y)``,
+      ``sum_{j in C} p_j (y_t - alpha y_j) / sum_{j in C} p_j``
+      (pytorch-grad-cam's ``FinerWeightedTarget``, without its 1e-9 in the denominator).
+    """
+    _check_spec(spec)
+    if not isinstance(logits, Tensor) or logits.ndim != 2:
+        raise ValueError(f"target_scores: logits must be a (B, K) tensor, got {getattr(logits, 'shape', type(logits))}")
+    targets = _check_targets(targets, logits.shape[0], logits.device)
+    _check_target_range(targets, logits.shape[1])
+    comps = finer_comparisons(logits, targets, spec.k) if spec.kind == "finer" else None
+    return _scores(logits, targets, spec, comps)
+
+
+def _check_targets(targets: Any, batch: int, device: torch.device) -> Tensor:
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"targets: expected a (B,) long tensor of class indices, got {type(targets).__name__}")
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise TypeError(f"targets: expected integer class indices, got dtype {targets.dtype}")
+    if tuple(targets.shape) != (batch,):
+        raise ValueError(f"targets: expected shape ({batch},) to match the batch, got {tuple(targets.shape)}")
+    return targets.to(device=device, dtype=torch.long)
+
+
+def _check_target_range(targets: Tensor, num_classes: int) -> None:
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= num_classes):
+        bad = targets[(targets < 0) | (targets >= num_classes)].tolist()
+        raise ValueError(f"targets: class indices {bad[:5]} out of range for a model with {num_classes} classes")
+
+
+# ----------------------------------------------------------------------------- capture
+
+# Per model: hooked layers whose output is modified in place later in the forward pass, so that
+# later calls clone them at once instead of running the forward twice. Weak keys: no leak.
+_CLONE_LAYERS: "weakref.WeakKeyDictionary[nn.Module, set[str]]" = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class _Forward:
+    logits: Tensor
+    outs: dict[str, Tensor]  # hooked tensors (for G: leaves of the graph where needed)
+    versions: dict[str, int]  # their version counters at hook time
+
+
+def _run_forward(
+    model: nn.Module,
+    x: Tensor,
+    modules: dict[str, nn.Module],
+    grad_names: frozenset[str],
+    clone: set[str],
+) -> _Forward:
+    """One forward pass with a hook per requested module; hooks are removed on every exit."""
+    outs: dict[str, Tensor] = {}
+    versions: dict[str, int] = {}
+    calls: dict[str, int] = {}
+
+    def make_hook(name: str) -> Callable[..., Tensor | None]:
+        def hook(_m: nn.Module, _args: Any, out: Any) -> Tensor | None:
+            calls[name] = calls.get(name, 0) + 1
+            if calls[name] > 1:
+                raise ValueError(
+                    f"capture: module {name!r} ran more than once in one forward pass (a shared module, e.g. a ReLU "
+                    "reused inside a block); its output is ambiguous: pick a module that runs once, e.g. its parent"
+                )
+            if not isinstance(out, Tensor) or out.ndim != 4:
+                got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, Tensor) else f"a {type(out).__name__}"
+                raise ValueError(
+                    f"capture: module {name!r} ({type(_m).__name__}) returned {got}; CAM layers must output "
+                    "4-D feature maps (B, C, h, w)"
+                )
+            if name in grad_names and not out.requires_grad:
+                # frozen layers before this one: make the output a leaf of the graph that follows
+                leaf = out.detach().requires_grad_(True)
+                outs[name], versions[name] = leaf, leaf._version
+                return leaf.clone()  # later in-place ops act on the copy, never on the leaf
+            outs[name], versions[name] = out, out._version
+            return out.clone() if name in clone else None
+
+        return hook
+
+    handles = []
+    try:
+        for name, m in modules.items():
+            handles.append(m.register_forward_hook(make_hook(name)))
+        logits = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in modules if n not in outs]
+    if missing:
+        raise ValueError(f"capture: module(s) {missing} did not run in the forward pass, so they have no output")
+    return _Forward(logits=logits, outs=outs, versions=versions)
+
+
+def _modified(fw: _Forward) -> set[str]:
+    return {n for n, t in fw.outs.items() if t._version != fw.versions[n]}
+
+
+def _score_cam(
+    model: nn.Module, x: Tensor, A: Tensor, targets: Tensor, comps: Tensor | None, spec: ScoreSpec, chunk: int, name: str
+) -> Tensor:
+    """S[b, k] = score of ``x[b] * norm(upsample(A[b, k]))``, chunks of ``chunk`` masked images."""
+    B, C = A.shape[:2]
+    H, W = x.shape[-2:]
+    S = torch.empty(B * C, device=x.device, dtype=x.dtype)
+    for start in range(0, B * C, chunk):
+        idx = torch.arange(start, min(start + chunk, B * C), device=x.device)
+        b, k = idx // C, idx % C
+        up = F.interpolate(A[b, k].unsqueeze(1).to(x.dtype), size=(H, W), mode="bilinear", align_corners=False)
+        flat = up.flatten(1)
+        lo = flat.min(dim=1).values.view(-1, 1, 1, 1)
+        rng = flat.max(dim=1).values.view(-1, 1, 1, 1) - lo
+        # min-max per (image, channel); a constant channel masks everything out
+        mask = torch.where(rng > 0, (up - lo) / torch.where(rng > 0, rng, torch.ones_like(rng)), torch.zeros_like(up))
+        logits = _check_logits(model(x[b] * mask), len(idx), f"capture (Score-CAM forward for {name!r})")
+        S[idx] = _scores(logits, targets[b], spec, None if comps is None else comps[b]).to(S.dtype)
+    return S.view(B, C)
+
+
+def _ablation(
+    model: nn.Module,
+    module: nn.Module,
+    x: Tensor,
+    C: int,
+    Y: Tensor,
+    targets: Tensor,
+    comps: Tensor | None,
+    spec: ScoreSpec,
+    chunk: int,
+    name: str,
+) -> Tensor:
+    """D[b, k] = Y[b] - score with channel k of ``module``'s output set to zero, chunked."""
+    B = x.shape[0]
+    D = torch.empty(B * C, device=x.device, dtype=Y.dtype)
+    current: dict[str, Tensor] = {}
+
+    def hook(_m: nn.Module, _args: Any, out: Tensor) -> Tensor:
+        out = out.clone()  # never write into a tensor the module (or its input) may share
+        out[torch.arange(out.shape[0], device=out.device), current["k"]] = 0
+        return out
+
+    handle = module.register_forward_hook(hook)
+    try:
+        for start in range(0, B * C, chunk):
+            idx = torch.arange(start, min(start + chunk, B * C), device=x.device)
+            b, k = idx // C, idx % C
+            current["k"] = k
+            logits = _check_logits(model(x[b]), len(idx), f"capture (Ablation-CAM forward for {name!r})")
+            D[idx] = (Y[b] - _scores(logits, targets[b], spec, None if comps is None else comps[b])).to(D.dtype)
+    finally:
+        handle.remove()
+    return D.view(B, C)
+
+
+def capture(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    request: CaptureRequest,
+    *,
+    chunk_size: int = 64,
+) -> Captures:
+    """Capture what a program needs for one batch.
+
+    ``inputs`` are model-ready (normalised) images (B, C_in, H, W), ``targets`` (B,) class indices.
+    One forward pass with forward hooks on ``request``'s modules gives ``A[l]`` (the module
+    output) and the logits; the score ``Y = target_scores(logits, targets, request.score)``; one
+    ``torch.autograd.grad(Y.sum(), [A[l] for l in grad_layers])`` gives ``G[l] = dY/dA[l]``
+    (autograd only walks back as far as the earliest requested layer). Without grad layers the
+    forward runs under ``no_grad``.
+
+    ``S[l][b, k]`` (Score-CAM): the score of ``inputs[b] * m`` where ``m`` is ``A[l][b, k]``
+    upsampled bilinearly (align_corners=False) to (H, W) and min-max normalised (constant
+    channel: all zeros). ``D[l][b, k] = Y[b] - score with channel k of A[l] zeroed`` (Ablation-CAM).
+    For 'finer' scores the comparison classes are fixed from the unperturbed logits. These
+    extra forwards run without grad in chunks of ``chunk_size`` (image, channel) pairs.
+
+    In-place safety: when a hooked output is modified in place later in the forward pass
+    (DenseNet's ReLU after ``features``, ``out += identity`` after ResNet's ``bn3``), the forward is
+    run again with that output cloned in the hook, so that A and G are the true module output and
+    the gradient with respect to it; the model is remembered so later calls clone at once.
+
+    The model's ``training`` flags (capture runs in eval mode), hooks, parameters' ``.grad`` and
+    ``requires_grad`` are left as they were, also when an error is raised. Works under the
+    caller's ``no_grad``/``inference_mode`` and with frozen parameters. All returned tensors are
+    detached and on the inputs' device.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"capture: model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(request, CaptureRequest):
+        raise TypeError(f"capture: request must be a CaptureRequest, got {type(request).__name__}")
+    if not isinstance(inputs, Tensor) or inputs.ndim != 4 or inputs.shape[0] < 1:
+        got = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+        raise ValueError(f"capture: inputs must be a (B, 3, H, W) tensor with B >= 1, got {got}")
+    if not inputs.is_floating_point():
+        raise TypeError(f"capture: inputs must be float (normalised images), got dtype {inputs.dtype}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"capture: chunk_size must be a positive int, got {chunk_size!r}")
+    _check_spec(request.score)
+    B = int(inputs.shape[0])
+    device = inputs.device
+    targets = _check_targets(targets, B, device)
+    param = next(model.parameters(), None)
+    if param is not None and param.device != device:
+        raise ValueError(f"capture: the model is on {param.device} but the inputs are on {device}; move one of them")
+    modules = request.validate(model)
+    grad_names = request.grad_layers
+    spec = request.score
+
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        # inference_mode(False) + enable_grad: gradients even under the caller's no_grad/inference_mode
+        with torch.inference_mode(False):
+            x = inputs.clone() if inputs.is_inference() else inputs.detach()
+            grad_ctx = torch.enable_grad() if grad_names else torch.no_grad()
+            known = _CLONE_LAYERS.get(model, set())
+            clone = known & set(modules)
+            with grad_ctx:
+                fw = _run_forward(model, x, modules, grad_names, clone)
+                changed = _modified(fw)
+                if changed:
+                    del fw  # free the first graph before the second forward
+                    _CLONE_LAYERS.setdefault(model, set()).update(changed)
+                    clone |= changed
+                    fw = _run_forward(model, x, modules, grad_names, clone)
+                    still = _modified(fw)
+                    if still:
+                        raise RuntimeError(
+                            f"capture: the outputs of {sorted(still)} are modified in place later in the forward pass "
+                            "even when cloned in the hook (they alias another tensor); pick other layers"
+                        )
+                logits = _check_logits(fw.logits, B, "capture")
+                _check_target_range(targets, logits.shape[1])
+                comps = finer_comparisons(logits, targets, spec.k) if spec.kind == "finer" else None
+                Y = _scores(logits, targets, spec, comps)
+                G: dict[str, Tensor] = {}
+                if grad_names:
+                    names = sorted(grad_names)
+                    if not Y.requires_grad:
+                        raise RuntimeError("capture: the score does not depend on any captured layer; cannot take gradients")
+                    grads = torch.autograd.grad(Y.sum(), [fw.outs[n] for n in names], allow_unused=True)
+                    # a layer the score does not depend on has gradient zero
+                    G = {n: (torch.zeros_like(fw.outs[n]) if g is None else g).detach() for n, g in zip(names, grads)}
+            A = {n: fw.outs[n].detach() for n in modules}
+            Y = Y.detach()
+            logits = logits.detach()
+            del fw
+            S: dict[str, Tensor] = {}
+            D: dict[str, Tensor] = {}
+            if request.score_cam_layers or request.ablation_layers:
+                with torch.no_grad():
+                    for n in sorted(request.score_cam_layers):
+                        S[n] = _score_cam(model, x, A[n], targets, comps, spec, chunk_size, n).to(Y.dtype)
+                    for n in sorted(request.ablation_layers):
+                        D[n] = _ablation(
+                            model, modules[n], x, A[n].shape[1], Y, targets, comps, spec, chunk_size, n
+                        ).to(Y.dtype)
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    return Captures(A=A, G=G, S=S, D=D, Y=Y, logits=logits, input_size=(int(inputs.shape[2]), int(inputs.shape[3])))
