@@ -8,7 +8,6 @@ holds NaN or Inf raises :class:`~sycam.errors.ProgramRuntimeError` naming the im
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -22,6 +21,7 @@ from sycam.lang import ast as A
 from sycam.lang.ops import OPS
 from sycam.lang.parse import parse
 from sycam.lang.types import CheckResult, check
+from sycam.models._layers import conv_layers, resolve_layer
 
 # ------------------------------------------------------------------ layer resolution
 
@@ -34,34 +34,25 @@ class LayerResolver:
     """
 
     def __init__(self, module: nn.Module, default: str | None = None, stages: Sequence[str] | None = None) -> None:
+        self.module = module
         self.names = [n for n, _ in module.named_modules() if n]
-        self._known = set(self.names)
-        self.convs = [n for n, m in module.named_modules() if isinstance(m, nn.Conv2d)]
-        self.default = self.by_name(default) if default is not None else self._fallback_default()
-        self.stages = [self.by_name(s) for s in stages] if stages else self._conv_stage_fallback()
-
-    def _fallback_default(self) -> str:
-        if not self.convs:
+        self.convs = conv_layers(module)
+        if default is None and not self.convs:
             raise LayerError("the model has no Conv2d layer; name the target layer explicitly (layers=...)")
-        return self.convs[-1]
+        self.default = self.by_name(default) if default is not None else self.convs[-1]
+        self.stages = [self.by_name(s) for s in stages] if stages else [self.default]
 
-    def _conv_stage_fallback(self) -> list[str]:
-        return [self.default]
+    def _resolve(self, ref: str | int) -> str:
+        try:
+            return resolve_layer(self.module, ref)
+        except (KeyError, IndexError, ValueError, TypeError) as err:
+            raise LayerError(str(err.args[0] if err.args else err).replace("resolve_layer: ", "")) from None
 
     def by_name(self, name: str) -> str:
-        if name in self._known:
-            return name
-        close = difflib.get_close_matches(name, self.names, n=5, cutoff=0.5)
-        hint = f"; close matches: {', '.join(close)}" if close else f"; the model has {len(self.names)} modules (list them with `sycam layers`)"
-        raise LayerError(f"no layer named '{name}' in the model{hint}")
+        return self._resolve(name)
 
     def by_index(self, index: int) -> str:
-        if not self.convs:
-            raise LayerError("the model has no Conv2d layer, so layer indices mean nothing; use module names")
-        if not -len(self.convs) <= index < len(self.convs):
-            raise LayerError(f"layer index {index} is out of range: the model has {len(self.convs)} conv layers "
-                             f"(valid: {-len(self.convs)} .. {len(self.convs) - 1})")
-        return self.convs[index]
+        return self._resolve(index)
 
     def ref(self, ref: A.LayerRef) -> str:
         return self.by_index(ref.index) if ref.index is not None else self.by_name(str(ref.name))

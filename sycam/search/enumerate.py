@@ -150,10 +150,13 @@ class Enumerator:
         return entry
 
     def _program(self, deriv: Derivation, value: Tensor | None = None) -> bool:
-        """Whole-program dedupe on normalised probe maps. A single-layer program's final map is
-        norm(resize(value)), so norm(value) identifies it without upsampling."""
+        """Whole-program dedupe on the final (upsampled, normalised) probe maps. A single-layer
+        program's final map is norm(resize(value)): no need to recompile it."""
         if value is not None:
-            maps = K.norm(value)
+            if not bool(torch.isfinite(value).all()):
+                self.stats.invalid += 1
+                return False
+            maps = K.norm(K.resize(value.float(), self.probe.input_size))
         else:
             try:
                 maps = CompiledProgram(deriv.program(), self.resolver)(self.probe)
