@@ -1,0 +1,109 @@
+"""The metric × method trade-off study.
+
+Synthesises one program per metric (IoU, energy pointing game, deletion, insertion, robustness)
+on the train split, then scores every synthesised and reference program under every metric on
+the test split, and writes the method × metric table (CSV, Markdown) and a heatmap figure.
+
+    python experiments/tradeoff.py --budget 60 --out experiments/tradeoff
+
+Defaults run on the built-in benchmark and CNN (no download).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sycam.bench import merge_requests
+from sycam.compile import CompiledProgram
+from sycam.lang import parse
+from sycam.metrics import get_metric
+from sycam.metrics.stats import bootstrap_ci
+from sycam.programs import load
+from sycam.search.synthesize import SynthConfig, Synthesis
+from sycam.viz import heatmap_table
+
+METRICS = ("iou", "energy_pg", "deletion", "insertion", "robustness")
+REFERENCES = ("gradcam", "gradcampp", "layercam", "hirescam", "xgradcam", "winsorcam", "layeravg")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--metrics", default=",".join(METRICS))
+    ap.add_argument("--budget", type=float, default=60.0, help="search seconds per metric")
+    ap.add_argument("--model", default="builtin")
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--data", default="builtin")
+    ap.add_argument("--train-limit", type=int, default=128)
+    ap.add_argument("--test-limit", type=int, default=256)
+    ap.add_argument("--out", default="experiments/tradeoff")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    metric_names = [m for m in args.metrics.split(",") if m]
+    metrics = [get_metric(m) for m in metric_names]
+
+    programs: dict[str, tuple[str, dict[str, float]]] = {}
+    t0 = time.perf_counter()
+    for name in metric_names:
+        cfg = SynthConfig(metrics=[name], model=args.model, weights=args.weights, data=args.data, budget=args.budget,
+                          seed=args.seed, out=str(out / f"synth-{name}"), train_limit=args.train_limit,
+                          val_limit=args.train_limit, test_limit=args.test_limit, references=("gradcam",))
+        result = Synthesis(cfg).run()
+        best = result["best"]
+        programs[f"synth[{name}]"] = (best["program"], best["params"])
+        print(f"synthesised for {name}: {best['program']}  (val {best['val'][name]:.4f})", flush=True)
+    for ref in REFERENCES:
+        programs[ref] = (load(ref).source or "", {})
+
+    synth = Synthesis(SynthConfig(metrics=[metric_names[0]], model=args.model, weights=args.weights, data=args.data,
+                                  out=str(out / "eval"), test_limit=args.test_limit))
+    resolver = _resolver(synth)
+    compiled = {k: CompiledProgram(parse(text), resolver) for k, (text, _) in programs.items()}
+    bench = synth.bench("test", merge_requests([c.request for c in compiled.values()]))
+    table = np.full((len(programs), len(metrics)), np.nan)
+    rows = []
+    for i, (name, prog) in enumerate(compiled.items()):
+        values = bench.score(prog, metrics, programs[name][1] or None)
+        row = {"method": name, "program": programs[name][0].strip().splitlines()[-1]}
+        for j, m in enumerate(metrics):
+            mean, lo, hi, n = bootstrap_ci(values[m.name])
+            table[i, j] = mean
+            row[m.name] = f"{mean:.4f} [{lo:.4f}, {hi:.4f}]"
+        rows.append(row)
+        print(name, {m.name: round(table[i, j], 4) for j, m in enumerate(metrics)}, flush=True)
+
+    with open(out / "tradeoff.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["method"] + metric_names + ["program"])
+        w.writeheader()
+        w.writerows(rows)
+    directions = {m.name: ("↑" if m.higher_is_better else "↓") for m in metrics}
+    md = ["| method | " + " | ".join(f"{m} {directions[m]}" for m in metric_names) + " |",
+          "|---|" + "---|" * len(metric_names)]
+    md += ["| " + r["method"] + " | " + " | ".join(r[m] for m in metric_names) + " |" for r in rows]
+    (out / "tradeoff.md").write_text(
+        f"# Metric × method trade-off ({args.model} on {args.data}, test split, {args.test_limit} images)\n\n"
+        "Mean [95% bootstrap interval]. Each synth[m] row is the program synthesised for metric m "
+        f"({args.budget:.0f} s of search on {args.train_limit} train images).\n\n" + "\n".join(md) + "\n\n"
+        + "\n".join(f"- `{k}`: `{programs[k][0].strip().splitlines()[-1]}`" for k in programs if k.startswith("synth"))
+        + f"\n\nTotal time {time.perf_counter() - t0:.0f} s.\n")
+    heatmap_table(table, list(programs), [f"{m} {directions[m]}" for m in metric_names], out / "tradeoff.png",
+                  title="metric × method (test split)")
+    (out / "tradeoff.json").write_text(json.dumps({"rows": rows, "programs": programs}, indent=2))
+    print(f"wrote {out / 'tradeoff.md'} and {out / 'tradeoff.png'}")
+
+
+def _resolver(synth: Synthesis):
+    from sycam.compile import LayerResolver
+
+    b = synth.bundle
+    return LayerResolver(b.module, b.default_layer, b.stage_layers)
+
+
+if __name__ == "__main__":
+    main()
