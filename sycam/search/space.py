@@ -200,13 +200,32 @@ def derive(node: A.Expr, typ: str = P) -> Derivation | None:
     return None
 
 
+def _key(path: str, typ: str) -> str:
+    # the type is part of the name: one Optuna parameter keeps one set of choices
+    return f"{path}:{typ}"
+
+
 def to_params(deriv: Derivation, path: str = "P") -> dict[str, str]:
-    """The Optuna parameters that make :func:`sample` replay ``deriv``."""
-    out = {path: deriv.prod}
+    """The Optuna parameters that make :meth:`Sampler.sample` replay ``deriv``."""
+    prod = BY_NAME[deriv.prod]
+    out = {_key(path, prod.type): deriv.prod}
     if deriv.sel is not None:
         out[path + ".sel"] = deriv.sel
     for i, kid in enumerate(deriv.kids):
         out.update(to_params(kid, f"{path}.{i}"))
+    return out
+
+
+def to_distributions(deriv: Derivation, path: str = "P") -> dict[str, object]:
+    """Optuna distributions of :func:`to_params` (for recording a scored program as a trial)."""
+    from optuna.distributions import CategoricalDistribution
+
+    prod = BY_NAME[deriv.prod]
+    out: dict[str, object] = {_key(path, prod.type): CategoricalDistribution([p.name for p in BY_TYPE[prod.type]])}
+    if deriv.sel is not None:
+        out[path + ".sel"] = CategoricalDistribution(list(SELECTIONS))
+    for i, kid in enumerate(deriv.kids):
+        out.update(to_distributions(kid, f"{path}.{i}"))
     return out
 
 
@@ -226,7 +245,7 @@ class Sampler:
         if depth >= self.max_depth and typ != P:
             return minimal(typ)
         options = [p.name for p in BY_TYPE[typ]]
-        name = self.choose(path, options)
+        name = self.choose(_key(path, typ), options)
         prod = BY_NAME[name]
         sel = self.choose(path + ".sel", list(SELECTIONS)) if prod.needs_selection else None
         kids = tuple(self.sample(k, f"{path}.{i}", depth + 1) for i, k in enumerate(prod.children))

@@ -31,8 +31,8 @@ from sycam.lang.canon import canonical_hash
 from sycam.lang.parse import grammar_hash, parse
 from sycam.lang.pretty import fmt_number, pretty
 from sycam.search.enumerate import Enumerator, map_key
-from sycam.search.space import derive
-from sycam.search.study import Candidate, Objective, completed, enqueue, open_storage, open_study, unique_best
+from sycam.search.space import Derivation, derive
+from sycam.search.study import Candidate, Objective, completed, enqueue, open_storage, open_study, record, unique_best
 
 REFERENCES = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "layeravg", "winsorcam")
 
@@ -102,6 +102,33 @@ def _probe(caps: Captures, n: int) -> Captures:
                     input_size=caps.input_size)
 
 
+class Journal:
+    """Scores of enumerated programs, one JSON line each, appended as they are computed
+    (a killed run loses at most the candidate in flight)."""
+
+    def __init__(self, path: Path, metrics) -> None:
+        self.path = path
+        self.names = [m.name for m in metrics]
+        self.values: dict[str, tuple[float, ...]] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a kill: recompute that candidate
+                    continue
+                if row.get("metrics") == self.names:
+                    self.values[row["program"]] = tuple(float(v) for v in row["values"])
+        self._file = open(path, "a", encoding="utf-8")
+
+    def get(self, program: str) -> tuple[float, ...] | None:
+        return self.values.get(program)
+
+    def add(self, program: str, values: tuple[float, ...]) -> None:
+        self.values[program] = values
+        self._file.write(json.dumps({"program": program, "metrics": self.names, "values": list(values)}) + "\n")
+        self._file.flush()
+
+
 @dataclass
 class Row:
     """One line of the hall of fame."""
@@ -161,27 +188,25 @@ class Synthesis:
         train = self.bench("train", _search_request(resolver, A.ScoreSpec())).load()
         probe = _probe(train.batches[0].caps, 16)
 
-        # 1. references in the search space and enumerated programs, queued once per study
-        queued = 0
-        for name in cfg.references:
-            from sycam.programs import load
-
-            deriv = derive(A.inline_lets(load(name)))
-            if deriv is not None:
-                enqueue(study, deriv, f"reference:{name}")
-                queued += 1
-        enum_stats: dict[str, float] = {}
-        if cfg.enumerate:
-            enumerator = Enumerator(probe, train.resolver, max_size=cfg.max_size)
-            derivs = enumerator.run(time_limit=0.3 * cfg.budget)
-            enum_stats = enumerator.stats.as_dict()
-            for d in derivs:
-                enqueue(study, d, "enumerator")
-            queued += len(derivs)
-
-        # 2. Optuna: waiting trials first, then TPE over the grammar
+        # 1. the enumerator's programs, scored directly on the cached captures (no per-candidate
+        #    storage round trip); each result is appended to a journal, so a restart skips it
         seen_maps: dict[bytes, tuple[float, ...]] = {}
-        stats = {"scored": 0, "observational_duplicates": 0, "invalid": 0}
+        stats = {"scored": 0, "observational_duplicates": 0, "invalid": 0, "from_journal": 0}
+        bar = tqdm(total=cfg.candidates, desc=f"synthesize {'+'.join(cfg.metrics)}", unit="cand", disable=not cfg.progress,
+                   dynamic_ncols=True)
+        best: dict[str, float | None] = {"value": None}
+        sign = 1 if self.metrics[0].higher_is_better else -1
+        n_done = [0]
+
+        def note(values: tuple[float, ...]) -> None:
+            n_done[0] += 1
+            bar.update(1)
+            v = values[0]
+            if not math.isnan(v) and (best["value"] is None or sign * v > sign * best["value"]):
+                best["value"] = v
+            if best["value"] is not None:
+                bar.set_postfix_str(f"best {self.metrics[0].name}={best['value']:.4f} scored={stats['scored']}")
+                self.history.append({"n": n_done[0], "seconds": time.perf_counter() - self.t0, "best": best["value"]})
 
         def evaluate(cand: Candidate) -> tuple[float, ...]:
             compiled = train.compile(cand.program)
@@ -195,39 +220,70 @@ class Synthesis:
             stats["scored"] += 1
             return result
 
-        objective = Objective(evaluate, max_depth=cfg.max_depth)
+        enum_stats: dict[str, float] = {}
+        scored_enum: list[tuple[tuple[float, ...], Derivation, str]] = []
+        if cfg.enumerate:
+            enumerator = Enumerator(probe, train.resolver, max_size=cfg.max_size)
+            derivs = enumerator.run(time_limit=0.2 * cfg.budget)
+            enum_stats = enumerator.stats.as_dict()
+            journal = Journal(self.out / "enumerated.jsonl", self.metrics)
+            for deriv in derivs:
+                if self._out_of_budget(n_done[0]):
+                    break
+                program = deriv.program()
+                text = pretty(program)
+                values = journal.get(text)
+                if values is None:
+                    try:
+                        values = evaluate(Candidate(program, text, A.size(program.body), canonical_hash(program), {}))
+                    except ProgramRuntimeError:
+                        stats["invalid"] += 1
+                        values = tuple(float("nan") for _ in self.metrics)
+                    journal.add(text, values)
+                else:
+                    stats["from_journal"] += 1
+                scored_enum.append((values, deriv, text))
+                note(values)
+            # the best of them join the study, so that TPE starts from what the enumerator learnt
+            in_study = {t.user_attrs.get("program") for t in study.get_trials(deepcopy=False)}
+            ranked = sorted((r for r in scored_enum if not any(math.isnan(v) for v in r[0])), key=lambda r: -sign * r[0][0])
+            for values, deriv, text in ranked[: 2 * cfg.top_k]:
+                if text not in in_study:
+                    program = deriv.program()
+                    record(study, deriv, values, {"program": text, "size": A.size(program.body), "source": "enumerator",
+                                                  "canon": canonical_hash(program), "memo_key": canonical_hash(program) + "|"})
+
+        # 2. Optuna: the reference programs of the space are queued first, then TPE over the grammar
+        for name in cfg.references:
+            from sycam.programs import load
+
+            deriv = derive(A.inline_lets(load(name)))
+            if deriv is not None:
+                enqueue(study, deriv, f"reference:{name}")
+        objective = Objective(evaluate, max_depth=cfg.max_depth, on_scored=lambda trial, cand, values: note(values))
         objective.prime(study)
-        remaining = max(0.0, cfg.budget - (time.perf_counter() - self.t0))
-        bar = tqdm(total=cfg.candidates, desc=f"synthesize {'+'.join(cfg.metrics)}", unit="cand", disable=not cfg.progress,
-                   dynamic_ncols=True)
-        best = {"value": None}
-        sign = 1 if self.metrics[0].higher_is_better else -1
-
-        def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            bar.update(1)
-            if trial.state == optuna.trial.TrialState.COMPLETE and trial.values:
-                v = trial.values[0]
-                if best["value"] is None or sign * v > sign * best["value"]:
-                    best["value"] = v
-                bar.set_postfix_str(f"best {self.metrics[0].name}={best['value']:.4f} scored={stats['scored']}")
-                self.history.append({"n": trial.number + 1, "seconds": time.perf_counter() - self.t0, "best": best["value"]})
-
+        remaining = cfg.budget - (time.perf_counter() - self.t0)
         n_trials = None
         if cfg.candidates:
-            n_trials = max(0, cfg.candidates - len(completed(study)))
-        if n_trials != 0:
-            study.optimize(objective, n_trials=n_trials, timeout=max(1.0, remaining), callbacks=[progress],
-                           catch=(SycamError,), gc_after_trial=False)
+            n_trials = max(0, cfg.candidates - n_done[0])
+        if n_trials != 0 and remaining > 0:
+            study.optimize(objective, n_trials=n_trials, timeout=remaining, catch=(SycamError,), gc_after_trial=False)
         bar.close()
         search_seconds = time.perf_counter() - self.t0
 
         # 3. honest selection: top-k on train -> pick on validation -> report on test
         result = self._select_and_report(study, train)
-        result["stats"] = {"queued": queued, "enumeration": enum_stats, **stats, "trials": len(study.trials),
+        result["stats"] = {"enumeration": enum_stats, **stats, "trials": len(study.trials),
                            "completed": len(completed(study)), "search_seconds": round(search_seconds, 2),
                            "total_seconds": round(time.perf_counter() - self.t0, 2)}
         (self.out / "summary.json").write_text(json.dumps(result, indent=2, default=str))
         return result
+
+    def _out_of_budget(self, n_done: int) -> bool:
+        # the enumerator's programs may use up to 70% of the budget; Optuna gets the rest
+        if self.cfg.candidates and n_done >= self.cfg.candidates:
+            return True
+        return time.perf_counter() - self.t0 > 0.7 * self.cfg.budget
 
     # ------------------------------------------------------------------ selection and outputs
     def _rows_from_trials(self, trials) -> list[Row]:
@@ -235,7 +291,10 @@ class Synthesis:
         for t in trials:
             params = {k[len("param:"):]: v for k, v in t.params.items() if k.startswith("param:")}
             source = t.user_attrs.get("source", t.system_attrs.get("fixed_params") and "queued" or "optuna")
-            rows.append(Row(name=f"trial{t.number}", program=t.user_attrs["program"], size=int(t.user_attrs["size"]),
+            program = t.user_attrs["program"]
+            if params:  # show (and later write) the tuned values as the parameters' defaults
+                program = pretty(_with_defaults(parse(program), params))
+            rows.append(Row(name=f"trial{t.number}", program=program, size=int(t.user_attrs["size"]),
                             source=str(source), params=params,
                             train={m.name: v for m, v in zip(self.metrics, t.values)}))
         return rows
@@ -387,7 +446,7 @@ def format_hall(result: dict) -> str:
     if e:
         lines.append(f"enumerator: {int(e.get('generated', 0))} generated, {int(e.get('canonical_duplicates', 0))} canonical and "
                      f"{int(e.get('observational_duplicates', 0)) + int(e.get('program_duplicates', 0))} observational duplicates "
-                     f"removed, {int(e.get('programs', 0))} programs queued")
+                     f"removed, {int(e.get('programs', 0))} programs to score")
     lines.append(f"search: {s.get('completed', 0)} trials completed, {s.get('scored', 0)} programs scored in this process, "
                  f"{s.get('search_seconds', 0)} s; outputs in {result['out']}")
     return "\n".join(lines)

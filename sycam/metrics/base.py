@@ -1,0 +1,190 @@
+"""Metric interface: what every saliency metric sees, returns and promises.
+
+Metrics know nothing of programs, models or datasets. They see a batch of saliency maps and,
+where they need them, the images, the targets, a ground-truth mask, a ``score_fn`` (the model's
+target probability on perturbed images) and an ``explain_fn`` (the explainer under test, re-run
+on perturbed images). Every metric returns one float32 value per image, NaN where the metric is
+undefined for that image (each metric's docstring lists those cases); aggregation elsewhere uses
+``nanmean`` and reports the number of valid values.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+#: what a metric may need beyond the maps
+NEEDS = frozenset({"mask", "model", "explainer"})
+
+#: values a little outside [0, 1] are tolerated (float error of resizing / normalisation)
+RANGE_TOL = 1e-4
+
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+ExplainFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class MetricInputs:
+    """One batch as a metric sees it.
+
+    ``maps`` (B, H, W) float in [0, 1], min-max normalised per image, at the image resolution.
+    ``images`` (B, 3, H, W) float in [0, 1]. ``targets`` (B,) long class indices.
+    ``masks`` (B, H, W) bool ground truth. ``score_fn(images01 (N,3,H,W), targets (N,)) -> (N,)``
+    the model's probability of the target class. ``explain_fn(images01, targets) -> (N, H, W)``
+    maps in [0, 1] from the explainer under evaluation.
+    """
+
+    maps: Tensor
+    images: Tensor | None = None
+    targets: Tensor | None = None
+    masks: Tensor | None = None
+    score_fn: ScoreFn | None = None
+    explain_fn: ExplainFn | None = None
+
+
+class Metric(ABC):
+    """A saliency metric: ``metric(inputs) -> (B,)`` float32 scores on ``inputs.maps.device``.
+
+    Subclasses set ``name`` (the CLI name), ``higher_is_better`` and ``needs`` (a subset of
+    ``{"mask", "model", "explainer"}``) and implement :meth:`compute`; ``__call__`` validates
+    the inputs first, so ``compute`` may assume consistent shapes, dtypes and devices.
+    """
+
+    name: str = ""
+    higher_is_better: bool = True
+    needs: frozenset[str] = frozenset()
+
+    def __call__(self, inputs: MetricInputs) -> Tensor:
+        """Validate ``inputs`` against :attr:`needs`, compute, and check the result's shape."""
+        validate_inputs(inputs, self.name, self.needs)
+        out = self.compute(inputs)
+        b = inputs.maps.shape[0]
+        if out.shape != (b,):
+            raise RuntimeError(f"metric {self.name!r} returned shape {tuple(out.shape)}, expected ({b},)")
+        return out.to(device=inputs.maps.device, dtype=torch.float32)
+
+    @abstractmethod
+    def compute(self, inputs: MetricInputs) -> Tensor:
+        """Per-image scores (B,), NaN where undefined. Inputs are already validated."""
+
+    def __repr__(self) -> str:
+        direction = "higher" if self.higher_is_better else "lower"
+        needs = ",".join(sorted(self.needs)) or "-"
+        return f"<{type(self).__name__} {self.name!r} ({direction} is better; needs {needs})>"
+
+
+def validate_inputs(inputs: MetricInputs, name: str, needs: frozenset[str]) -> None:
+    """Raise a clear error where ``inputs`` lack what metric ``name`` needs or are inconsistent.
+
+    Checks: ``maps`` is a finite floating (B, H, W) tensor with values in [0, 1] (± 1e-4);
+    every provided tensor agrees on B (and H, W) with ``maps`` and lives on its device;
+    ``masks`` is bool, ``targets`` is an integer (B,) tensor, ``images`` floating (B, 3, H, W).
+    ``needs`` "mask" requires ``masks``; "model" requires ``images``, ``targets``, ``score_fn``;
+    "explainer" requires ``images``, ``targets``, ``explain_fn``.
+    """
+    unknown = set(needs) - NEEDS
+    if unknown:
+        raise ValueError(f"metric {name!r} declares unknown needs {sorted(unknown)}; allowed: {sorted(NEEDS)}")
+    maps = inputs.maps
+    if not isinstance(maps, Tensor):
+        raise TypeError(f"metric {name!r}: maps must be a torch.Tensor, got {type(maps).__name__}")
+    if maps.dim() != 3:
+        raise ValueError(f"metric {name!r}: maps must be (B, H, W), got shape {tuple(maps.shape)}")
+    if not maps.is_floating_point():
+        raise TypeError(f"metric {name!r}: maps must be floating point, got {maps.dtype}")
+    if maps.shape[0] == 0 or maps.shape[1] == 0 or maps.shape[2] == 0:
+        raise ValueError(f"metric {name!r}: maps must be non-empty, got shape {tuple(maps.shape)}")
+    if not bool(torch.isfinite(maps).all()):
+        bad = int((~torch.isfinite(maps)).sum())
+        raise ValueError(f"metric {name!r}: maps contain {bad} non-finite values (NaN/inf)")
+    lo, hi = float(maps.min()), float(maps.max())
+    if lo < -RANGE_TOL or hi > 1 + RANGE_TOL:
+        raise ValueError(
+            f"metric {name!r}: maps must be min-max normalised to [0, 1], got values in [{lo:.4g}, {hi:.4g}]"
+        )
+    b, h, w = maps.shape
+    dev = maps.device
+
+    missing: list[str] = []
+    if "mask" in needs and inputs.masks is None:
+        missing.append("masks (ground-truth (B, H, W) bool)")
+    if "model" in needs or "explainer" in needs:
+        if inputs.images is None:
+            missing.append("images ((B, 3, H, W) in [0, 1])")
+        if inputs.targets is None:
+            missing.append("targets ((B,) long)")
+    if "model" in needs and inputs.score_fn is None:
+        missing.append("score_fn (images01, targets) -> target probability")
+    if "explainer" in needs and inputs.explain_fn is None:
+        missing.append("explain_fn (images01, targets) -> maps")
+    if missing:
+        raise ValueError(f"metric {name!r} needs {', '.join(missing)}, which the inputs lack")
+
+    if inputs.masks is not None:
+        m = inputs.masks
+        if m.shape != maps.shape:
+            raise ValueError(f"metric {name!r}: masks shape {tuple(m.shape)} != maps shape {tuple(maps.shape)}")
+        if m.dtype != torch.bool:
+            raise TypeError(f"metric {name!r}: masks must be bool, got {m.dtype}")
+        if m.device != dev:
+            raise ValueError(f"metric {name!r}: masks on {m.device}, maps on {dev}")
+    if inputs.images is not None:
+        im = inputs.images
+        if im.dim() != 4 or im.shape[0] != b or im.shape[1] != 3 or im.shape[2:] != maps.shape[1:]:
+            raise ValueError(
+                f"metric {name!r}: images shape {tuple(im.shape)} does not match maps shape "
+                f"{tuple(maps.shape)} (expected ({b}, 3, {h}, {w}))"
+            )
+        if not im.is_floating_point():
+            raise TypeError(f"metric {name!r}: images must be floating point in [0, 1], got {im.dtype}")
+        if im.device != dev:
+            raise ValueError(f"metric {name!r}: images on {im.device}, maps on {dev}")
+    if inputs.targets is not None:
+        t = inputs.targets
+        if t.shape != (b,):
+            raise ValueError(f"metric {name!r}: targets shape {tuple(t.shape)} != ({b},) (one per map)")
+        if t.is_floating_point() or t.dtype == torch.bool:
+            raise TypeError(f"metric {name!r}: targets must be an integer tensor, got {t.dtype}")
+        if t.device != dev:
+            raise ValueError(f"metric {name!r}: targets on {t.device}, maps on {dev}")
+
+
+def check_chunk_size(chunk_size: int, where: str) -> int:
+    """Return ``chunk_size`` if it is a positive int, else raise naming ``where``."""
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+        raise ValueError(f"{where}: chunk_size must be a positive int, got {chunk_size!r}")
+    return chunk_size
+
+
+def check_scores(p: Tensor, n: int, where: str) -> Tensor:
+    """Check a ``score_fn`` result: (n,) finite probabilities in [0, 1]; return it as float32."""
+    if not isinstance(p, Tensor):
+        raise TypeError(f"{where}: score_fn must return a torch.Tensor, got {type(p).__name__}")
+    if p.shape != (n,):
+        raise ValueError(f"{where}: score_fn returned shape {tuple(p.shape)} for {n} images, expected ({n},)")
+    if not bool(torch.isfinite(p).all()):
+        raise ValueError(f"{where}: score_fn returned non-finite values")
+    if n and (float(p.min()) < -RANGE_TOL or float(p.max()) > 1 + RANGE_TOL):
+        raise ValueError(
+            f"{where}: score_fn must return target probabilities in [0, 1], got values in "
+            f"[{float(p.min()):.4g}, {float(p.max()):.4g}] (pass softmax probabilities, not logits)"
+        )
+    return p.float()
+
+
+def score_chunked(score_fn: ScoreFn, images: Tensor, targets: Tensor, chunk_size: int, where: str) -> Tensor:
+    """``score_fn`` over ``images`` (N, 3, H, W) in chunks of at most ``chunk_size``; (N,) float32.
+
+    Runs under ``torch.no_grad`` (the scores are read, never differentiated) and returns the
+    result on ``images.device``.
+    """
+    n = images.shape[0]
+    outs: list[Tensor] = []
+    with torch.no_grad():
+        for s in range(0, n, chunk_size):
+            p = score_fn(images[s : s + chunk_size], targets[s : s + chunk_size])
+            outs.append(check_scores(p, min(chunk_size, n - s), where).to(images.device))
+    return torch.cat(outs) if outs else images.new_zeros(0)
