@@ -1,0 +1,5 @@
+import sys
+
+from sycam.cli import main
+
+sys.exit(main())
