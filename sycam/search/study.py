@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+import random
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -45,11 +47,16 @@ def open_storage(url: str) -> RDBStorage:
     """An RDB storage with heartbeats: trials of a killed worker are failed after the grace
     period and re-queued (``RetryHeartbeatStaleTrialCallback``), so no candidate is lost."""
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=5, grace_period=20,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
-    except Exception as err:  # sqlalchemy errors vary by backend
-        raise SycamError(f"cannot open the study storage {url!r}: {err}") from None
+    last: Exception | None = None
+    for attempt in range(6):
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=5, grace_period=20,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+        except Exception as err:  # sqlalchemy errors vary by backend
+            # workers starting together race to create the schema: the loser retries
+            last = err
+            time.sleep(0.5 * (attempt + 1) + random.random())
+    raise SycamError(f"cannot open the study storage {url!r}: {last}") from None
 
 
 def open_study(storage: RDBStorage, name: str, directions: Sequence[str], seed: int) -> optuna.Study:
