@@ -35,6 +35,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from sycam.errors import SycamError
 from sycam.data.base import Sample
 
 __all__ = [
@@ -66,7 +67,7 @@ HASH_FRACTIONS = (0.6, 0.2)
 BOX_TOLERANCE = 1.0
 
 
-class DataError(ValueError):
+class DataError(SycamError, ValueError):
     """Bad, missing or unreadable data. The message names the file (and manifest row)."""
 
 
