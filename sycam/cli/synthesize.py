@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-
 from sycam.errors import SycamError
 
 
@@ -39,7 +37,7 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
 
 
 def run(name: str, args: argparse.Namespace) -> int:
-    from sycam.search.synthesize import REFERENCES, SynthConfig, Synthesis, format_hall
+    from sycam.search.synthesize import REFERENCES, SynthConfig, Synthesis, format_front, format_hall
 
     metrics = [args.metric] if name == "synthesize" else _split(args.metrics)
     if name == "tradeoff" and len(metrics) < 2:
@@ -57,6 +55,5 @@ def run(name: str, args: argparse.Namespace) -> int:
     if name == "synthesize":
         print(format_hall(result))
     else:
-        print(json.dumps({"pareto_front": [{"program": r["program"], "test": r["test"]} for r in result["hall_of_fame"]]}, indent=2))
-        print(f"outputs in {result['out']}")
+        print(format_front(result, metrics))
     return 0

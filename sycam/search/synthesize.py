@@ -364,9 +364,26 @@ class Synthesis:
 
             if self.history:
                 viz.convergence_plot(self.history, out / "convergence.png")
+            if len(names) > 1:  # trade-off: every scored candidate (train) and the front
+                self._pareto(names, out / "pareto.png")
             self._overlays(rows[:1] + [r for r in refs if r.name in ("gradcam", "gradcampp", "layercam", "winsorcam")], test)
         except ImportError:  # pragma: no cover - viz is part of the package
             pass
+
+    def _pareto(self, names: list[str], path: Path) -> None:
+        from sycam import viz
+
+        storage_url = self.cfg.storage or f"sqlite:///{(self.out / 'study.db').resolve()}"
+        study = optuna.load_study(study_name=self.cfg.study_name, storage=open_storage(storage_url))
+        trials = [t for t in completed(study) if t.values and all(math.isfinite(v) for v in t.values)]
+        if len(trials) < 2:
+            return
+        front_numbers = {t.number for t in study.best_trials}
+        points = [t.values for t in trials]
+        front = [i for i, t in enumerate(trials) if t.number in front_numbers]
+        arrows = ["↑" if m.higher_is_better else "↓" for m in self.metrics]
+        viz.pareto_plot(points, front, [f"{n} {a} (train)" for n, a in zip(names, arrows)], path,
+                        title=f"{len(trials)} programs; Pareto front in red")
 
     def _overlays(self, rows: list[Row], test: Workbench) -> None:
         from sycam import viz
@@ -423,6 +440,20 @@ def _nan_last(v: float, sign: int) -> float:
 
 def _fmt(v: float | None) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def format_front(result: dict, metrics: list[str]) -> str:
+    """The Pareto front of a trade-off run, on the test split, beside the references."""
+    head = f"{'':<12} {'size':>4} " + " ".join(f"{m:>12}" for m in metrics) + "  program"
+    lines = [f"Pareto front — {', '.join(metrics)} (search on train; test values shown)", "", head, "-" * len(head)]
+    for r in result["hall_of_fame"] + [None] + result["references"]:
+        if r is None:
+            lines.append("-" * len(head))
+            continue
+        lines.append(f"{r['name']:<12} {r['size']:>4} " + " ".join(f"{_fmt(r['test'].get(m)):>12}" for m in metrics)
+                     + "  " + r["program"].replace("\n", " "))
+    lines.append(f"outputs in {result['out']} (pareto.png: every scored program and the front)")
+    return "\n".join(lines)
 
 
 def format_hall(result: dict) -> str:
