@@ -202,9 +202,4 @@ def mean_score(values: Tensor) -> float:
     return float(valid.mean()) if valid.numel() else float("nan")
 
 
-def request_for(programs: Sequence[A.Program], bench_resolver: LayerResolver) -> CaptureRequest:
-    """The union capture request of several programs."""
-    return merge_requests(CompiledProgram(p, bench_resolver).request for p in programs)
-
-
-__all__ = ["Workbench", "CachedBatch", "merge_requests", "target_mode", "choose_targets", "mean_score", "request_for"]
+__all__ = ["Workbench", "CachedBatch", "merge_requests", "target_mode", "choose_targets", "mean_score"]

@@ -20,18 +20,12 @@ def as_program(program: A.Program | str | Path) -> A.Program:
     """A Program from a Program, a reference name (``gradcam``), a ``.cam`` path or program text."""
     if isinstance(program, A.Program):
         return program
-    from sycam.programs import list_programs, load
+    from sycam.programs import ALIASES, list_programs, load
 
     text = str(program)
-    if isinstance(program, Path) or text.endswith(".cam") or text.lower() in list_programs() or _is_alias(text):
+    if isinstance(program, Path) or text.endswith(".cam") or text.lower() in list_programs() or text.lower() in ALIASES:
         return load(program)
     return parse(text)
-
-
-def _is_alias(text: str) -> bool:
-    from sycam.programs import ALIASES
-
-    return text.lower() in ALIASES
 
 
 def _layer_name(module: nn.Module, layer: str | int | nn.Module) -> str | int:

@@ -1,7 +1,6 @@
 """The command line and the user-facing Python API."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sycam import kernels as K
 from sycam.capture import CaptureRequest, capture
 from sycam.compile import CompiledProgram, LayerResolver
 from sycam.lang import ast as A
@@ -12,7 +11,7 @@ from sycam.lang import check, parse, pretty
 from sycam.lang.canon import canonical
 from sycam.programs import load
 from sycam.search.enumerate import Enumerator, map_key, value_key
-from sycam.search.space import BY_NAME, Derivation, Sampler, derive, to_params
+from sycam.search.space import Sampler, derive, to_params
 
 
 def tiny_cnn() -> nn.Module:
