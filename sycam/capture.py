@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sycam.errors import BOUNDARY, CaptureError, as_sycam
 from sycam.lang.ast import ScoreSpec
 
 __all__ = ["CaptureRequest", "Captures", "capture", "target_scores", "finer_comparisons"]
@@ -312,6 +313,21 @@ def _ablation(
 
 
 def capture(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    request: CaptureRequest,
+    *,
+    chunk_size: int = 64,
+) -> Captures:
+    """See :func:`_capture`; every failure on bad input is a :class:`~sycam.errors.CaptureError`."""
+    try:
+        return _capture(model, inputs, targets, request, chunk_size=chunk_size)
+    except BOUNDARY as err:
+        raise as_sycam(err, CaptureError) from err
+
+
+def _capture(
     model: nn.Module,
     inputs: Tensor,
     targets: Tensor,

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from sycam import kernels as K
 from sycam.capture import CaptureRequest, Captures
-from sycam.errors import LayerError, ProgramRuntimeError
+from sycam.errors import LayerError, ParamError, ProgramRuntimeError
 from sycam.lang import ast as A
 from sycam.lang.ops import OPS
 from sycam.lang.parse import parse
@@ -37,10 +37,19 @@ class LayerResolver:
         self.module = module
         self.names = [n for n, _ in module.named_modules() if n]
         self.convs = conv_layers(module)
-        if default is None and not self.convs:
+        self._default = self.by_name(default) if default is not None else (self.convs[-1] if self.convs else None)
+        self._stages = [self.by_name(s) for s in stages] if stages else None
+
+    @property
+    def default(self) -> str:
+        """The default target layer (bare ``A``/``G``); an error only when a program needs it."""
+        if self._default is None:
             raise LayerError("the model has no Conv2d layer; name the target layer explicitly (layers=...)")
-        self.default = self.by_name(default) if default is not None else self.convs[-1]
-        self.stages = [self.by_name(s) for s in stages] if stages else [self.default]
+        return self._default
+
+    @property
+    def stages(self) -> list[str]:
+        return list(self._stages) if self._stages else [self.default]
 
     def _resolve(self, ref: str | int) -> str:
         try:
@@ -138,16 +147,16 @@ class CompiledProgram:
             if name in overrides:
                 v = float(overrides.pop(name))
                 if p.lo is not None and not p.lo <= v <= p.hi:  # type: ignore[operator]
-                    raise ValueError(f"?{name} = {v} lies outside its range [{p.lo}, {p.hi}]")
+                    raise ParamError(f"?{name} = {v} lies outside its range [{p.lo}, {p.hi}]")
                 values[name] = v
             elif p.default is not None:
                 values[name] = p.default
             elif p.lo is not None:
                 values[name] = (p.lo + p.hi) / 2  # type: ignore[operator]
             else:
-                raise ValueError(f"?{name} has neither a default nor a range: pass a value for it")
+                raise ParamError(f"?{name} has neither a default nor a range: pass a value for it")
         if overrides:
-            raise ValueError(f"unknown parameter(s) {', '.join('?' + k for k in overrides)}; the program has "
+            raise ParamError(f"unknown parameter(s) {', '.join('?' + k for k in overrides)}; the program has "
                              f"{', '.join('?' + k for k in self.params) or 'none'}")
         return values
 

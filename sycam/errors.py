@@ -53,3 +53,44 @@ class ProgramRuntimeError(SycamError):
 
 class LayerError(SycamError, ValueError):
     """A layer reference that does not resolve against a model."""
+
+
+class ModelError(SycamError, ValueError):
+    """A model, weights file or import path that sycam cannot use."""
+
+
+class CaptureError(SycamError, ValueError):
+    """A model/input combination that cannot be captured (outputs, targets, layers)."""
+
+
+_WRAPPED: dict[tuple[type, type], type] = {}
+
+#: the exception types a public entry point turns into sycam errors (never KeyboardInterrupt)
+BOUNDARY = (ValueError, TypeError, KeyError, IndexError, RuntimeError, OSError, ImportError, AttributeError,
+            SyntaxError, NotImplementedError)
+
+
+def as_sycam(err: BaseException, kind: type[SycamError] = SycamError) -> SycamError:
+    """``err`` as a sycam error of ``kind`` that is still an instance of its original class (so
+    ``except ValueError`` keeps working) and keeps its message."""
+    if isinstance(err, SycamError):
+        return err
+    key = (kind, type(err))
+    cls = _WRAPPED.get(key)
+    if cls is None:
+        try:
+            cls = type(f"{kind.__name__}[{type(err).__name__}]", (kind, type(err)), {})
+        except TypeError:  # incompatible layouts: fall back to the sycam kind alone
+            cls = kind
+        _WRAPPED[key] = cls
+    message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    try:
+        wrapped = cls(message)
+    except Exception:  # noqa: BLE001 - exotic constructors (e.g. OSError subclasses)
+        wrapped = kind(message)
+    wrapped.__cause__ = err
+    return wrapped  # type: ignore[return-value]
+
+
+class ParamError(SycamError, ValueError):
+    """A ``?param`` value that is missing, unknown or outside its range."""

@@ -1,6 +1,8 @@
 """Explainers for users: a program bound to a model, called on ``(images, targets)``."""
 from __future__ import annotations
 
+import difflib
+import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -25,10 +27,18 @@ def as_program(program: A.Program | str | Path) -> A.Program:
     text = str(program)
     if isinstance(program, Path) or text.endswith(".cam") or text.lower() in list_programs() or text.lower() in ALIASES:
         return load(program)
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_+-]*", text.strip()) and text.strip() not in ("A", "G", "S", "D", "Y"):
+        # a bare word is meant as a program name, not as program text
+        close = difflib.get_close_matches(text.strip().lower(), list_programs() + list(ALIASES), n=3)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise SycamError(f"unknown program '{text.strip()}'{hint} (reference programs: {', '.join(list_programs())}; "
+                         "or give program text or a .cam file)")
     return parse(text)
 
 
 def _layer_name(module: nn.Module, layer: str | int | nn.Module) -> str | int:
+    if isinstance(layer, bool) or not isinstance(layer, (str, int, nn.Module)):
+        raise SycamError(f"a layer is a module name, a conv index or a sub-module; got {layer!r} ({type(layer).__name__})")
     if isinstance(layer, nn.Module):
         for name, m in module.named_modules():
             if m is layer and name:
@@ -67,14 +77,15 @@ class Explainer:
         self.module = module
         self.program = as_program(program)
         self.chunk_size = chunk_size
-        if layers is None or isinstance(layers, (str, int, nn.Module)):
-            chosen = [default if layers is None else _layer_name(module, layers)]
+        if layers is None or not isinstance(layers, (list, tuple)):
+            chosen = [default if layers is None else _layer_name(module, layers)]  # type: ignore[arg-type]
         else:
             chosen = [_layer_name(module, layer) for layer in layers]
             if not chosen:
                 raise SycamError("layers is an empty list; give at least one layer or None for the default")
-        base = LayerResolver(module, default, stages)
-        targets = [base.by_index(c) if isinstance(c, int) else (base.default if c is None else base.by_name(c)) for c in chosen]
+        base = LayerResolver(module, None, None)
+        targets = [base.by_index(c) if isinstance(c, int) else (base.by_name(c) if c is not None else base.default)
+                   for c in chosen]
         self.layers = targets
         self.program = self._lift(self.program, targets)
         self.compiled = CompiledProgram(self.program, LayerResolver(module, targets[0], stages or None))
@@ -105,12 +116,29 @@ class Explainer:
 
     def _targets(self, images: Tensor, targets) -> Tensor:
         b = images.shape[0]
+        if b == 0:
+            raise SycamError("images is an empty batch (B = 0)")
         if targets is None:
             with torch.no_grad(), eval_mode(self.module):
-                return torch.cat([self.module(images[i:i + self.chunk_size]).argmax(1) for i in range(0, b, self.chunk_size)])
+                preds = []
+                for i in range(0, b, self.chunk_size):
+                    out = self.module(images[i:i + self.chunk_size])
+                    if not isinstance(out, Tensor) or out.ndim != 2:
+                        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                        raise SycamError(f"the model's output must be (B, K) logits to pick the predicted class; got {shape}")
+                    preds.append(out.argmax(1))
+                return torch.cat(preds)
+        if isinstance(targets, bool) or isinstance(targets, str):
+            raise SycamError(f"targets must be class indices (integers); got {targets!r}")
         if isinstance(targets, int):
             return torch.full((b,), targets, dtype=torch.long, device=images.device)
-        t = torch.as_tensor(targets, dtype=torch.long, device=images.device).reshape(-1)
+        try:
+            raw = torch.as_tensor(targets, device=images.device)
+        except (TypeError, ValueError, RuntimeError):
+            raise SycamError(f"targets must be class indices (integers); got {targets!r}") from None
+        if raw.is_floating_point() and not bool((raw == raw.round()).all()):
+            raise SycamError(f"targets must be integer class indices; got {targets!r}")
+        t = raw.to(torch.long).reshape(-1)
         if t.numel() == 1:
             t = t.expand(b)
         if t.shape[0] != b:

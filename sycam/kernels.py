@@ -13,8 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sycam.errors import ProgramRuntimeError
+
 EPS = 1e-12
-EXP_CLAMP = 80.0  # exp(80) ~ 5.5e34 stays finite in float32
+EXP_CLAMP = 80.0
+MAX_EXPONENT = 64  # exp(80) ~ 5.5e34 stays finite in float32
 
 Value = Tensor | list[Tensor]
 
@@ -75,6 +78,8 @@ def safe_div(a: Tensor, b: Tensor) -> Tensor:
 
 def power(x: Tensor, e: float) -> Tensor:
     """``x^e``: integer exponents keep the sign; others act on ``|x|``; negative ones divide safely."""
+    if abs(e) > MAX_EXPONENT:
+        raise ProgramRuntimeError(f"exponent {e} is outside [-{MAX_EXPONENT}, {MAX_EXPONENT}]")
     if float(e).is_integer():
         out = torch.pow(x, abs(int(e)))
     else:
@@ -144,11 +149,13 @@ def norm(x: Tensor) -> Tensor:
     A range below 1e-6 of the largest magnitude counts as constant (float noise, not signal).
     """
     f = _flat(x)
+    # divide by the largest magnitude first: hi - lo cannot overflow (e.g. -3e38 .. 3e38)
+    scale = f.abs().amax(1, keepdim=True)
+    f = f / torch.where(scale > 0, scale, torch.ones_like(scale))
     lo = f.amin(1, keepdim=True)
     hi = f.amax(1, keepdim=True)
     rng = hi - lo
-    scale = torch.maximum(hi.abs(), lo.abs())
-    ok = rng > 1e-6 * scale
+    ok = rng > 1e-6
     out = torch.where(ok, (f - lo) / torch.where(ok, rng, torch.ones_like(rng)), torch.zeros_like(f))
     return _unflat(out, x)
 
@@ -175,7 +182,7 @@ def _quantile(f: Tensor, q: float) -> Tensor:
 
 def _check_percent(p: float, fn: str) -> float:
     if not 0.0 <= p <= 100.0:
-        raise ValueError(f"{fn}: percentile {p} is outside [0, 100]")
+        raise ProgramRuntimeError(f"{fn}: percentile {p} is outside [0, 100]")
     return p / 100.0
 
 

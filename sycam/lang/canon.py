@@ -92,11 +92,12 @@ def to_sympy(node: A.Expr) -> sp.Expr:
             return -args[0]
         if fn == "sq":
             return args[0] ** 2
-        if fn == "abs":
+        if fn == "abs":  # abs(abs x) = abs x, abs(relu x) = relu x; no sympy Abs (it compares arguments)
             x = args[0]
-            return x if isinstance(x, (_fn("relu"), sp.Abs)) else sp.Abs(x, evaluate=True)
-        if fn in ("max", "min"):
-            return (sp.Max if fn == "max" else sp.Min)(*args, evaluate=False).func(*sorted(args, key=sp.default_sort_key), evaluate=False)
+            return x if isinstance(x, (_fn("relu"), _fn("abs"))) else _fn("abs")(x)
+        if fn in ("max", "min"):  # commutative and idempotent; uninterpreted (sympy's Max compares)
+            a, b = sorted(args, key=sp.default_sort_key)
+            return a if a == b else _fn(fn)(a, b)
         return _fn(fn)(*args)
     if isinstance(node, A.Each):
         return _fn("each#" + _selection(node.selection))(to_sympy(node.body))

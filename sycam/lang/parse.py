@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
+import sys
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, v_args
@@ -18,6 +19,7 @@ from sycam.lang import ast as A
 from sycam.lang.ops import OPS, SCORE_KINDS
 
 MAX_SOURCE_CHARS = 100_000
+MAX_DEPTH = 200  # deeper trees would exhaust Python's recursion in the checker and compiler
 
 
 def grammar_path() -> Path:
@@ -234,7 +236,7 @@ _TOKEN_WORDS = {
     "SIGNED_NUMBER": "a number", "SIGNED_INT": "an integer", "TERMINAL": "A, G, S, D or Y",
     "DOTTED_NAME": "a module name", "ESCAPED_STRING": "a quoted module name",
     "SELECTOR_NAME": "a layer selection (convs, last, stages)", "FUSE_MODE": "a fuse mode (sum, mean, max, prod)",
-    "FUSE_GRID": "a grid (finest, input)", "$END": "end of program",
+    "FUSE_GRID": "a grid (finest, input)", "$END": "end of program", "<END-OF-FILE>": "end of program",
 }
 _EXPR_START = {"NUMBER", "NAME", "TERMINAL", "LPAR", "MINUS", "QMARK", "EACH", "FUSE"}
 
@@ -258,6 +260,10 @@ def _syntax_error(err: UnexpectedInput, source: str) -> ProgramSyntaxError:
     if isinstance(err, UnexpectedToken):
         tok = err.token
         expected = set(err.expected)
+        try:  # the exact set where LALR merged states (err.expected may list tokens that cannot follow)
+            expected = set(err.interactive_parser.accepts()) or expected
+        except Exception:  # noqa: BLE001 - best effort; the merged set is still a useful hint
+            pass
         got = "end of program" if tok.type == "$END" else repr(str(tok))
         at_end = tok.type == "$END" or err.line in (None, -1)
         line, col = _end_position(source) if at_end else (err.line, err.column)
@@ -296,7 +302,10 @@ def parse(text: str) -> A.Program:
         raise ProgramSyntaxError(f"program is {len(text)} characters long; the limit is {MAX_SOURCE_CHARS}")
     if not text.strip() or not any(line.split("#", 1)[0].strip() for line in text.splitlines()):
         raise ProgramSyntaxError("empty program: expected an expression", text, 1, 1)
+    limit = sys.getrecursionlimit()
     try:
+        # long flat sums build deep left-leaning trees; allow them up to the source-size limit
+        sys.setrecursionlimit(max(limit, 20_000))
         tree = _parser().parse(text)
         program = _ToAst().transform(tree)
     except UnexpectedInput as err:
@@ -312,5 +321,22 @@ def parse(text: str) -> A.Program:
             raise inner from None
         raise ProgramSyntaxError(f"could not read program: {inner}", text) from None
     except RecursionError:
-        raise ProgramSyntaxError("program is nested too deeply", text) from None
+        raise ProgramSyntaxError("program is nested too deeply (more than a few thousand levels)", text, 1, 1) from None
+    finally:
+        sys.setrecursionlimit(limit)
+    for node in [program.body] + [let.value for let in program.lets]:
+        depth = _depth(node)
+        if depth > MAX_DEPTH:
+            raise ProgramSyntaxError(f"program is too deep: its syntax tree has {depth} levels, at most {MAX_DEPTH} are allowed "
+                                     "(each term of a long sum or product adds a level; use let bindings)", text, 1, 1)
     return A.Program(program.body, program.lets, program.score, source=text)
+
+
+def _depth(root: A.Expr) -> int:
+    """Height of an expression tree, computed without recursion."""
+    best, stack = 0, [(root, 1)]
+    while stack:
+        node, d = stack.pop()
+        best = max(best, d)
+        stack.extend((child, d + 1) for child in A.children(node))
+    return best

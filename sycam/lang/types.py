@@ -51,9 +51,13 @@ class LayersType:
 
 AnyType = Type | LayersType
 SCALAR = Type("Scalar")
+MAX_CONSTANT = 3e38  # float32 holds up to 3.4e38
+MAX_EXPONENT = 64  # the same bound as sycam.kernels.MAX_EXPONENT
 
 
 def _where(layer: str | None) -> str:
+    if layer and layer.startswith("fused:"):
+        return "the input grid (fuse ..., input)" if layer == "fused:input" else f"the finest grid of '{layer[6:]}'"
     return {"@default": "the default layer", "@each": "the current layer of each(...)"}.get(
         layer or "", f"layer {layer[1:].lstrip('#')}" if layer and layer.startswith("@") else str(layer))
 
@@ -99,7 +103,11 @@ class _Checker:
 
     # -------------------------------------------------------------- inference
     def infer(self, node: A.Expr, in_each: bool) -> AnyType:
-        if isinstance(node, (A.Num, A.Param)):
+        if isinstance(node, A.Num):
+            if abs(node.value) > MAX_CONSTANT:
+                raise self.fail(node, f"constant {node.value:g} is too large (at most {MAX_CONSTANT:g} in magnitude: maps are float32)")
+            return SCALAR
+        if isinstance(node, A.Param):
             return SCALAR
         if isinstance(node, A.Var):
             raise self.fail(node, f"unknown name '{node.name}' (bind it first with: let {node.name} = ...;)")
@@ -111,6 +119,7 @@ class _Checker:
         if isinstance(node, A.BinOp):
             return self.broadcast(node, self.infer(node.left, in_each), self.infer(node.right, in_each), f"'{node.op}'")
         if isinstance(node, A.Pow):
+            self.constant_in(node.exponent, -MAX_EXPONENT, MAX_EXPONENT, "an exponent")
             return self.infer(node.base, in_each)
         if isinstance(node, A.Each):
             if in_each:
@@ -129,13 +138,25 @@ class _Checker:
                     raise self.fail(node.weights, f"fuse(...) weights must be Layers<Scalar> (one number per layer), got {weights}")
                 if weights.selection != maps.selection:
                     raise self.fail(node.weights, f"fuse(...) weights are over '{weights.selection}' but the maps over '{maps.selection}'")
-            return Type("Map", f"fused:{node.grid}")
+            # maps fused to the input size all share one grid; the finest layer grid depends on the selection
+            return Type("Map", "fused:input" if node.grid == "input" else f"fused:{maps.selection}")
         if isinstance(node, A.Call):
             return self.call(node, in_each)
         raise self.fail(node, f"unknown node {type(node).__name__}")  # pragma: no cover
 
+    def constant_in(self, node: A.Expr, lo: float, hi: float, what: str, at: A.Expr | None = None) -> None:
+        """A constant argument (number, or ?param with its range) must lie in [lo, hi]; the error
+        points at ``at`` (the call) when given."""
+        where = at if at is not None else node
+        if isinstance(node, A.Num) and not lo <= node.value <= hi:
+            raise self.fail(where, f"{what} must lie in [{lo:g}, {hi:g}], got {node.value:g}")
+        if isinstance(node, A.Param) and node.lo is not None and not (lo <= node.lo and node.hi <= hi):  # type: ignore[operator]
+            raise self.fail(where, f"{what} must lie in [{lo:g}, {hi:g}]; ?{node.name}'s range is [{node.lo:g}, {node.hi:g}]")
+
     def call(self, node: A.Call, in_each: bool) -> AnyType:
         spec = OPS[node.fn]
+        if node.fn in ("winsorize", "percentile", "threshold"):
+            self.constant_in(node.args[1], 0.0, 100.0, f"{node.fn}'s percentile", at=node)
         args = [self.infer(a, in_each) for a in node.args]
         x = args[0]
         if spec.family == "elementwise":

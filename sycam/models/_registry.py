@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from sycam.errors import BOUNDARY, ModelError, as_sycam
 from sycam.models._layers import default_layer, probe, stage_layers
 from sycam.models.bundle import ModelBundle
 
@@ -192,7 +193,15 @@ def _class_names(name: str, num_classes: int) -> list[str] | None:
 # --------------------------------------------------------------------------- bundles
 
 
-def bundle_from_module(
+def bundle_from_module(*args: Any, **kwargs: Any) -> ModelBundle:
+    """See :func:`_bundle_from_module`; every failure is a :class:`~sycam.errors.ModelError`."""
+    try:
+        return _bundle_from_module(*args, **kwargs)
+    except BOUNDARY as err:
+        raise as_sycam(err, ModelError) from err
+
+
+def _bundle_from_module(
     module: nn.Module,
     *,
     name: str = "custom",
@@ -262,6 +271,14 @@ def _from_import_path(spec: str, weights: str | None, device: torch.device) -> M
 
 
 def load_model(name: str, weights: str | None = None, device: torch.device | str | None = None) -> ModelBundle:
+    """See :func:`_load_model`; every failure is a :class:`~sycam.errors.ModelError`."""
+    try:
+        return _load_model(name, weights, device)
+    except BOUNDARY as err:
+        raise as_sycam(err, ModelError) from err
+
+
+def _load_model(name: str, weights: str | None = None, device: torch.device | str | None = None) -> ModelBundle:
     """Load a classifier as a :class:`ModelBundle`, offline.
 
     ``name`` is one of
