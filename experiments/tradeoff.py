@@ -52,7 +52,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for name in metric_names:
         cfg = SynthConfig(metrics=[name], model=args.model, weights=args.weights, data=args.data, budget=args.budget,
-                          seed=args.seed, out=str(out / f"synth-{name}"), train_limit=args.train_limit,
+                          seed=args.seed, out=str(out / "runs" / f"synth-{name}"), train_limit=args.train_limit,
                           val_limit=args.train_limit, test_limit=args.test_limit, references=("gradcam",))
         result = Synthesis(cfg).run()
         best = result["best"]
@@ -62,7 +62,7 @@ def main() -> None:
         programs[ref] = (load(ref).source or "", {})
 
     synth = Synthesis(SynthConfig(metrics=[metric_names[0]], model=args.model, weights=args.weights, data=args.data,
-                                  out=str(out / "eval"), test_limit=args.test_limit))
+                                  out=str(out / "runs" / "eval"), test_limit=args.test_limit))
     resolver = _resolver(synth)
     compiled = {k: CompiledProgram(parse(text), resolver) for k, (text, _) in programs.items()}
     bench = synth.bench("test", merge_requests([c.request for c in compiled.values()]))
