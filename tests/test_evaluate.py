@@ -288,10 +288,10 @@ def test_unwritable_out_is_reported_before_any_work(tmp_path, count_captures):
 
 
 def test_invalid_program_gives_nan_and_a_count_not_a_crash(tmp_path):
-    # conv1 activations are exactly 0 on black images and positive elsewhere: (100 x)^1000
+    # conv1 activations are exactly 0 on black images and positive elsewhere: (1e20 x)^4
     # overflows to inf on the bright images only
     bad = tmp_path / "overflow.cam"
-    bad.write_text("(sum_c(A@conv1) * 100) ^ 1000\n")
+    bad.write_text("(sum_c(A@conv1) * 1e20) ^ 4\n")
     dark = (1, 4, 6)
     res = run(8, methods=(str(bad), "gradcam"), data=TinyData(8, dark=dark), out=tmp_path / "o")
     assert res.invalid == {"overflow": 5, "gradcam": 0}

@@ -420,7 +420,9 @@ def test_layer4_is_its_last_block(resnet50_case: Case) -> None:
     """pytorch-grad-cam's ``model.layer4[-1]`` is sycam's ``layer4.2``; ``layer4`` has the same output."""
     case = resnet50_case
     a = Explainer(case.model, "hirescam", layers="layer4.2")(case.x[:1], case.targets[:1])
-    assert maxdiff(a.numpy(), case.ours["hirescam@last"][:1]) < 1e-6
+    # a batch of 1 against a batch of 2: convolution kernels round differently per batch size
+    # (1.4e-6 seen), so the bound is float32 noise, not exact equality
+    assert maxdiff(a.numpy(), case.ours["hirescam@last"][:1]) < 1e-5
 
 
 # ----------------------------------------------------------------------------- Score-CAM, Ablation-CAM
