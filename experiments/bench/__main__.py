@@ -1,0 +1,4 @@
+"""``python -m experiments.bench`` = ``python -m experiments.bench.run``."""
+from experiments.bench.run import main
+
+main()

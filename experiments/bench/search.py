@@ -1,0 +1,179 @@
+"""Section 3: search throughput. Candidate programs scored per second on cached captures, against
+the naive loop that recomputes the forward and backward pass for every candidate."""
+from __future__ import annotations
+
+import random
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+
+from experiments.bench.timing import summarize, sync
+from sycam.bench import Workbench, merge_requests
+from sycam.capture import capture
+from sycam.compile import CompiledProgram
+from sycam.data.base import Dataset
+from sycam.errors import ProgramRuntimeError
+from sycam.lang import ast as A
+from sycam.lang.pretty import pretty
+from sycam.metrics import Metric
+from sycam.models.bundle import ModelBundle
+from sycam.search.space import SELECTIONS, Sampler
+
+MULTI = ("layers_mean", "layers_max", "layers_winsor")
+
+
+def sample_programs(n: int, kind: str, seed: int = 0, min_size: int = 5, max_size: int = 12, sel: str = "stages",
+                    max_depth: int = 5, attempts: int = 20000) -> list[A.Program]:
+    """``n`` distinct programs of the search space (:mod:`sycam.search.space`), drawn uniformly per
+    choice by its :class:`Sampler`.
+
+    ``kind="single"``: one-layer programs (the default layer) whose size (AST nodes) lies in
+    ``[min_size, max_size]``; ``kind="multi"``: a Map of that size lifted over the layer selection
+    ``sel`` (mean, max or Winsor-weighted fusion), as the enumerator lifts small maps.
+    """
+    if kind not in ("single", "multi"):
+        raise ValueError(f"sample_programs: kind must be 'single' or 'multi', got {kind!r}")
+    if sel not in SELECTIONS:
+        raise ValueError(f"sample_programs: sel must be one of {SELECTIONS}, got {sel!r}")
+    rng = random.Random(seed)
+
+    def choose(_path: str, options: Sequence[str]) -> str:
+        opts = list(options)
+        if "single" in opts:  # the whole-program production
+            return "single" if kind == "single" else rng.choice(list(MULTI))
+        if sorted(opts) == sorted(SELECTIONS):
+            return sel
+        return rng.choice(opts)
+
+    seen: set[str] = set()
+    out: list[A.Program] = []
+    for _ in range(attempts):
+        deriv = Sampler(choose, max_depth=max_depth).sample()
+        inner = deriv.kids[0].build()  # the Map (single: the program itself)
+        if not min_size <= A.size(inner) <= max_size:
+            continue
+        program = deriv.program()
+        text = pretty(program)
+        if text in seen:
+            continue
+        seen.add(text)
+        out.append(program)
+        if len(out) == n:
+            return out
+    raise RuntimeError(f"sample_programs: found only {len(out)} distinct {kind} programs of size {min_size}-{max_size} "
+                       f"in {attempts} draws")
+
+
+def _score_all(bench: Workbench, compiled: Sequence[CompiledProgram], metric: Metric) -> int:
+    """Score every program on the cached batches (invalid ones raise and count as rejected, as in
+    a search). Returns how many were valid."""
+    valid = 0
+    for c in compiled:
+        try:
+            bench.score(c, [metric])
+            valid += 1
+        except ProgramRuntimeError:
+            pass
+    return valid
+
+
+def prepare_bench(bundle: ModelBundle, dataset: Dataset, programs: Sequence[A.Program], batch_size: int = 32,
+                  targets: str = "auto", device: torch.device | None = None) -> tuple[Workbench, float]:
+    """A :class:`~sycam.bench.Workbench` holding the captures of ``dataset`` for the union of the
+    programs' requests, and the seconds the capture took."""
+    device = device or next(bundle.module.parameters()).device
+    request = merge_requests([CompiledProgram(p, _resolver(bundle)).request for p in programs])
+    t0 = time.perf_counter()
+    bench = Workbench(bundle, dataset, request, batch_size=batch_size, targets=targets, device=device, progress=False)
+    bench.load()
+    return bench, time.perf_counter() - t0
+
+
+def search_throughput(
+    bench: Workbench,
+    capture_s: float,
+    programs: Sequence[A.Program],
+    metric: Metric,
+    rounds: int,
+    naive: int,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Candidates per second on cached captures vs the naive loop.
+
+    Cached: ``bench`` (see :func:`prepare_bench`) holds the captures; a round compiles and
+    scores every program (``Workbench.score``: the program on every batch, then the metric).
+    Only programs valid on the data are timed (invalid ones are counted and dropped after the
+    warm-up pass). Naive: for ``naive`` programs, the images are already in memory (decoding is not
+    charged), and each batch is captured again for that program alone (one forward + one
+    ``autograd.grad``), then the program and the metric run.
+    """
+    bundle = bench.bundle
+    device = bench.device or next(bundle.module.parameters()).device
+    images = sum(len(cb.targets) for cb in bench.batches)
+    # warm-up: compile + score each once; keep the valid ones
+    valid_programs = []
+    for p in programs:
+        try:
+            bench.score(bench.compile(p), [metric])
+            valid_programs.append(p)
+        except ProgramRuntimeError:
+            pass
+    if not valid_programs:
+        raise RuntimeError("search_throughput: no sampled program is valid on this data")
+    per_round: list[float] = []
+    for r in range(rounds):
+        sync(device)
+        t = time.perf_counter()
+        for p in valid_programs:
+            bench.score(bench.compile(p), [metric])
+        sync(device)
+        per_round.append(time.perf_counter() - t)
+        if log:
+            log(f"    cached round {r + 1}/{rounds}: {len(valid_programs)} programs in {per_round[-1]:.2f} s")
+    naive_s: list[float] = []
+    for p in valid_programs[:naive]:
+        compiled = CompiledProgram(p, _resolver(bundle))
+        sync(device)
+        t = time.perf_counter()
+        for cb in bench.batches:
+            caps = capture(bundle.module, bench.normalized(cb.batch.images), cb.targets, compiled.request)
+            maps = compiled(caps)
+            metric(bench.metric_inputs(cb, maps, metric))
+        sync(device)
+        naive_s.append(time.perf_counter() - t)
+        if log:
+            log(f"    naive candidate: {naive_s[-1]:.2f} s")
+    n = len(valid_programs)
+    rate = [n / s for s in per_round]
+    cached_per_candidate = summarize([s / n for s in per_round])
+    naive_summary = summarize(naive_s) if naive_s else None
+    sizes = [A.size(p.body) for p in valid_programs]
+    return {
+        "images": images,
+        "layers_captured": len(bench.request.layers),
+        "capture_seconds": capture_s,
+        "candidates": len(programs),
+        "valid": n,
+        "sizes": [min(sizes), max(sizes)],
+        "examples": [pretty(p) for p in valid_programs[:3]],
+        "cached_seconds_per_round": summarize(per_round),
+        "candidates_per_second": {"median": n / summarize(per_round)["median"], "min": min(rate), "max": max(rate)},
+        "cached_seconds_per_candidate": cached_per_candidate,
+        "naive_seconds_per_candidate": naive_summary,
+        "naive_candidates_per_second": (1.0 / naive_summary["median"]) if naive_summary else None,
+        "speedup_vs_naive": (naive_summary["median"] / cached_per_candidate["median"]) if naive_summary else None,
+        "break_even_candidates": (capture_s / max(naive_summary["median"] - cached_per_candidate["median"], 1e-9))
+        if naive_summary else None,
+    }
+
+
+def _resolver(bundle: ModelBundle):
+    from sycam.compile import LayerResolver
+
+    return LayerResolver(bundle.module, bundle.default_layer, bundle.stage_layers)
+
+
+def score_programs_once(bench: Workbench, programs: Sequence[A.Program], metric: Metric) -> int:
+    """Compile and score each program once on ``bench`` (the profiled workload). Returns valid count."""
+    return _score_all(bench, [bench.compile(p) for p in programs], metric)
