@@ -38,7 +38,8 @@ class Robustness(Metric):
     probability stays within a factor of the original: ``p(x_j) ≥ min_ratio · p(x)``
     (``min_ratio`` 0.5; 0 keeps every copy and skips the ``score_fn`` calls, though the metric
     still declares ``"model"``). Score = mean over kept copies of
-    ``pearson(m, m_j)`` (:func:`pearson_maps`), in [−1, 1]; higher is better.
+    ``pearson(m, m_j)`` (:func:`pearson_maps`), in [−1, 1]; higher is better. NaN where the map
+    itself is constant (it points nowhere, so its consistency is undefined) or no copy is kept.
     A local-Lipschitz / max-sensitivity style consistency test (Alvarez-Melis & Jaakkola 2018,
     "On the Robustness of Interpretability Methods"; Yeh et al. 2019, "On the (In)fidelity and
     Sensitivity of Explanations"), with correlation instead of a norm so that it is invariant to
@@ -107,4 +108,9 @@ class Robustness(Metric):
         corr, keep = corr.view(b, k), keep.view(b, k).float()
         n_kept = keep.sum(1)
         mean = (corr * keep).sum(1) / n_kept.clamp_min(1)
-        return torch.where(n_kept > 0, mean, torch.full_like(mean, float("nan")))
+        # a constant map points nowhere: its consistency is undefined, not perfect (otherwise a
+        # search for robustness finds programs that output nothing, as it did: sum_c(G) before
+        # global pooling is constant over the image)
+        flat = maps.flatten(1)
+        constant = flat.amax(1) == flat.amin(1)
+        return torch.where((n_kept > 0) & ~constant, mean, torch.full_like(mean, float("nan")))
