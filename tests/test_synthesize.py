@@ -111,3 +111,28 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     states = {s for _, s in trials}
     assert "RUNNING" not in states and "WAITING" not in states, states
     assert len(trials) >= 24  # both workers added trials to the one study
+
+
+@pytest.mark.slow
+def test_killed_evaluation_resumes_from_its_written_batches(tmp_path):
+    out = tmp_path / "eval"
+    args = ["evaluate", "--methods", "gradcam,winsorcam", "--metrics", "iou,energy_pg", "--model", "tiny_models:bundle",
+            "--data", "builtin", "--limit", "320", "--batch-size", "16", "--out", str(out), "--quiet", "--no-figures"]
+    proc = _cli(args)
+    partial = out / "partial"
+    deadline = time.time() + 150
+    while time.time() < deadline and (not partial.exists() or len(list(partial.glob("*.npz"))) < 3):
+        time.sleep(0.2)
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(partial.glob("*.npz")))
+    assert 3 <= done_before < 20, "the run was killed before it finished"
+    again = _cli(args)
+    output, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, output
+    result = json.loads((out / "results.json").read_text())
+    assert result["images_resumed"] >= 3 * 16, result.get("images_resumed")
+    # only the batches that were not written before the kill were computed again
+    assert result["batches_computed_this_run"] == 20 - done_before
+    assert len(list(partial.glob("*.npz"))) == 20
