@@ -485,6 +485,11 @@ def select_records(
     return out
 
 
+def check_open_args(split: str, size: int | None, limit: int | None, on_error: str) -> tuple[str, int, int | None, str]:
+    """Validate the arguments every ``open_*`` loader takes (split, size, limit, on_error)."""
+    return check_split(split), check_size(size), check_limit(limit), check_on_error(on_error)
+
+
 def check_on_error(on_error: str) -> str:
     """Validate ``on_error`` (``"raise"`` or ``"skip"``)."""
     if on_error not in ("raise", "skip"):

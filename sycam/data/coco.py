@@ -35,10 +35,7 @@ from sycam.data._io import (
     Record,
     RecordDataset,
     assign_split,
-    check_limit,
-    check_on_error,
-    check_size,
-    check_split,
+    check_open_args,
     empty_error,
     expand,
     raise_problems,
@@ -239,7 +236,7 @@ def open_coco(
     on_error: str = "raise",
 ) -> RecordDataset:
     """Open COCO instance annotations; see the module docstring."""
-    split, size, limit, on_error = check_split(split), check_size(size), check_limit(limit), check_on_error(on_error)
+    split, size, limit, on_error = check_open_args(split, size, limit, on_error)
     given = expand(path)
     if not given.exists():
         raise DataError(f"COCO path not found: {given}")

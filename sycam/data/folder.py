@@ -49,10 +49,7 @@ from sycam.data._io import (
     Record,
     RecordDataset,
     assign_split,
-    check_limit,
-    check_on_error,
-    check_size,
-    check_split,
+    check_open_args,
     empty_error,
     expand,
     parse_boxes,
@@ -141,7 +138,7 @@ def open_folder(
     from sycam.data.coco import COCO_CLASSES
     from sycam.data.voc import VOC_CLASSES
 
-    split, size, limit, on_error = check_split(split), check_size(size), check_limit(limit), check_on_error(on_error)
+    split, size, limit, on_error = check_open_args(split, size, limit, on_error)
     root = expand(path)
     if root.suffix.lower() == ".csv":
         manifest, root = root, root.parent

@@ -32,10 +32,7 @@ from sycam.data._io import (
     Record,
     RecordDataset,
     assign_split,
-    check_limit,
-    check_on_error,
-    check_size,
-    check_split,
+    check_open_args,
     empty_error,
     expand,
     raise_problems,
@@ -114,7 +111,7 @@ def open_voc(
     on_error: str = "raise",
 ) -> RecordDataset:
     """Open VOC segmentation data (either layout of the module docstring)."""
-    split, size, limit, on_error = check_split(split), check_size(size), check_limit(limit), check_on_error(on_error)
+    split, size, limit, on_error = check_open_args(split, size, limit, on_error)
     given = expand(path)
     if not given.exists():
         raise DataError(f"VOC folder not found: {given}")
