@@ -93,7 +93,7 @@ def main() -> None:
         + "\n".join(f"- `{k}`: `{programs[k][0].strip().splitlines()[-1]}`" for k in programs if k.startswith("synth"))
         + f"\n\nTotal time {time.perf_counter() - t0:.0f} s.\n")
     heatmap_table(table, list(programs), [f"{m} {directions[m]}" for m in metric_names], out / "tradeoff.png",
-                  title="metric × method (test split)")
+                  title="metric × method (test split)", higher_is_better=[m.higher_is_better for m in metrics])
     (out / "tradeoff.json").write_text(json.dumps({"rows": rows, "programs": programs}, indent=2))
     print(f"wrote {out / 'tradeoff.md'} and {out / 'tradeoff.png'}")
 
