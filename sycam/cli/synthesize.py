@@ -18,7 +18,8 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=None, help="local weights file (loaded with weights_only=True) or a torchvision enum name")
     parser.add_argument("--data", default="builtin", help="builtin (default), folder:PATH, coco:PATH or voc:PATH")
     parser.add_argument("--budget", type=float, default=90.0, help="seconds of search (default 90)")
-    parser.add_argument("--candidates", type=int, default=None, help="stop after this many scored candidates (all workers)")
+    parser.add_argument("--candidates", type=int, default=None, help="stop after this many candidates instead of after --budget seconds "
+                        "(no clock involved: the run is reproducible)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="output folder (default sycam-out/<study>)")
     parser.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite in the output folder); "

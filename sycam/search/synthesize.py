@@ -44,7 +44,7 @@ class SynthConfig:
     weights: str | None = None
     data: str = "builtin"
     budget: float = 90.0  # seconds of search (enumeration + Optuna)
-    candidates: int | None = None  # stop after this many trials (all workers together)
+    candidates: int | None = None  # instead of the budget: stop after this many candidates (reproducible)
     seed: int = 0
     out: str | None = None
     storage: str | None = None
@@ -225,7 +225,8 @@ class Synthesis:
         scored_enum: list[tuple[tuple[float, ...], Derivation, str]] = []
         if cfg.enumerate:
             enumerator = Enumerator(probe, train.resolver, max_size=cfg.max_size)
-            derivs = enumerator.run(time_limit=0.2 * cfg.budget)
+            # with a candidate count the run is reproducible: no clock decides what is enumerated
+            derivs = enumerator.run(time_limit=None if cfg.candidates else 0.2 * cfg.budget)
             enum_stats = enumerator.stats.as_dict()
             journal = Journal(self.out / "enumerated.jsonl", self.metrics)
             for i, deriv in enumerate(derivs):
@@ -267,8 +268,10 @@ class Synthesis:
         n_trials = None
         if cfg.candidates:
             n_trials = max(0, cfg.candidates - n_done[0])
-        if n_trials != 0 and remaining > 0:
-            study.optimize(objective, n_trials=n_trials, timeout=remaining, catch=(SycamError,), gc_after_trial=False)
+        if cfg.candidates and n_trials:
+            study.optimize(objective, n_trials=n_trials, catch=(SycamError,), gc_after_trial=False)
+        elif not cfg.candidates and remaining > 0:
+            study.optimize(objective, timeout=remaining, catch=(SycamError,), gc_after_trial=False)
         bar.close()
         search_seconds = time.perf_counter() - self.search_t0
 
@@ -282,8 +285,8 @@ class Synthesis:
 
     def _out_of_budget(self, n_done: int) -> bool:
         # the enumerator's programs may use up to 70% of the budget; Optuna gets the rest
-        if self.cfg.candidates and n_done >= self.cfg.candidates:
-            return True
+        if self.cfg.candidates:
+            return n_done >= self.cfg.candidates
         return time.perf_counter() - self.search_t0 > 0.7 * self.cfg.budget
 
     # ------------------------------------------------------------------ selection and outputs
