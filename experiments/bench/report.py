@@ -56,6 +56,11 @@ def _env(meta: dict[str, Any]) -> list[str]:
         + ". The machine is shared: absolute times are indicative only, ratios are the result.",
         "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".",
     ]
+    g = env.get("git")
+    if g:
+        changes = g.get("sycam_changes") or []
+        lines.append(f"- **Code**: commit `{g['commit']}`" + (f", with uncommitted changes to {', '.join(changes)}" if changes
+                                                              else ", sycam/ clean") + ".")
     return lines
 
 

@@ -165,6 +165,21 @@ def _version(dist: str) -> str:
         return "absent"
 
 
+def git_state(root: str) -> dict[str, Any]:
+    """The commit of the checkout at ``root`` and the files under ``sycam/`` that differ from it
+    (what the timings belong to; sycam's version number does not change between commits)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=30).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "--short", "HEAD") or "unknown",
+                "sycam_changes": [ln[3:] for ln in git("status", "--porcelain", "--", "sycam").splitlines()]}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "sycam_changes": []}
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """What the numbers depend on: machine, versions, threads, device, load average now."""
     try:
@@ -186,4 +201,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+    from pathlib import Path
+
+    env["git"] = git_state(str(Path(__file__).resolve().parents[2]))
     return env
