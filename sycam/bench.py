@@ -20,7 +20,7 @@ from sycam._state import eval_mode
 from sycam.capture import CaptureRequest, Captures, capture
 from sycam.compile import CompiledProgram, LayerResolver
 from sycam.data.base import Batch, Dataset, collate
-from sycam.errors import SycamError
+from sycam.errors import ProgramRuntimeError, SycamError
 from sycam.lang import ast as A
 from sycam.metrics import Metric, MetricInputs
 from sycam.models.bundle import ModelBundle
@@ -196,10 +196,30 @@ class Workbench:
         return {k: torch.cat(v) for k, v in out.items()}
 
 
+def score_streaming(bench: "Workbench", programs: Sequence[tuple[CompiledProgram, dict | None]],
+                    metrics: Sequence[Metric]) -> list[dict[str, Tensor]]:
+    """Per-image metric values of several programs in ONE pass over the data, keeping one batch
+    of captures at a time (memory bounded by the batch, whatever the dataset). A program that
+    yields NaN/Inf on a batch gets NaN there."""
+    out: list[dict[str, list[Tensor]]] = [{m.name: [] for m in metrics} for _ in programs]
+    for batch, targets, caps in bench.iter_batches():
+        cb = CachedBatch(batch, targets, caps)
+        for (compiled, params), acc in zip(programs, out):
+            try:
+                maps = compiled(caps, params)
+            except ProgramRuntimeError:
+                for m in metrics:
+                    acc[m.name].append(torch.full((len(batch),), float("nan")))
+                continue
+            for m in metrics:
+                acc[m.name].append(m(bench.metric_inputs(cb, maps, m, compiled, params)).cpu())
+    return [{k: torch.cat(v) for k, v in acc.items()} for acc in out]
+
+
 def mean_score(values: Tensor) -> float:
     """NaN-aware mean (NaN where no image has a defined value)."""
     valid = values[~torch.isnan(values)]
     return float(valid.mean()) if valid.numel() else float("nan")
 
 
-__all__ = ["Workbench", "CachedBatch", "merge_requests", "target_mode", "choose_targets", "mean_score"]
+__all__ = ["Workbench", "CachedBatch", "merge_requests", "target_mode", "choose_targets", "mean_score", "score_streaming"]

@@ -84,6 +84,7 @@ class Enumerator:
     bucket: int = 300
     multi_layer_from: int = 6  # Maps up to this size are also lifted over layer selections ...
     lifted: int = 40  # ... at most this many of them (the smallest)
+    selections: tuple[str, ...] = SELECTIONS  # layer selections the multi-layer programs use
     stats: EnumStats = field(default_factory=EnumStats)
 
     def __post_init__(self) -> None:
@@ -205,7 +206,7 @@ class Enumerator:
         """Lift the small Maps over layer selections (averaged, max, and Winsor-weighted)."""
         with torch.no_grad():
             for entry in maps:
-                for sel in SELECTIONS:
+                for sel in self.selections:
                     for name in ("layers_mean", "layers_max", "layers_winsor"):
                         kids = (entry.deriv, importance) if name == "layers_winsor" else (entry.deriv,)
                         deriv = Derivation(name, kids, sel)

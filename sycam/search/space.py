@@ -216,16 +216,16 @@ def to_params(deriv: Derivation, path: str = "P") -> dict[str, str]:
     return out
 
 
-def to_distributions(deriv: Derivation, path: str = "P") -> dict[str, object]:
+def to_distributions(deriv: Derivation, path: str = "P", selections: Sequence[str] = SELECTIONS) -> dict[str, object]:
     """Optuna distributions of :func:`to_params` (for recording a scored program as a trial)."""
     from optuna.distributions import CategoricalDistribution
 
     prod = BY_NAME[deriv.prod]
     out: dict[str, object] = {_key(path, prod.type): CategoricalDistribution([p.name for p in BY_TYPE[prod.type]])}
     if deriv.sel is not None:
-        out[path + ".sel"] = CategoricalDistribution(list(SELECTIONS))
+        out[path + ".sel"] = CategoricalDistribution(list(selections))
     for i, kid in enumerate(deriv.kids):
-        out.update(to_distributions(kid, f"{path}.{i}"))
+        out.update(to_distributions(kid, f"{path}.{i}", selections))
     return out
 
 
@@ -239,6 +239,7 @@ class Sampler:
 
     choose: Callable[[str, Sequence[str]], str]
     max_depth: int = 6
+    selections: Sequence[str] = SELECTIONS
     used: list[str] = field(default_factory=list)
 
     def sample(self, typ: str = P, path: str = "P", depth: int = 0) -> Derivation:
@@ -247,6 +248,6 @@ class Sampler:
         options = [p.name for p in BY_TYPE[typ]]
         name = self.choose(_key(path, typ), options)
         prod = BY_NAME[name]
-        sel = self.choose(path + ".sel", list(SELECTIONS)) if prod.needs_selection else None
+        sel = self.choose(path + ".sel", list(self.selections)) if prod.needs_selection else None
         kids = tuple(self.sample(k, f"{path}.{i}", depth + 1) for i, k in enumerate(prod.children))
         return Derivation(name, kids, sel)

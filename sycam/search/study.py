@@ -75,9 +75,10 @@ def open_study(storage: RDBStorage, name: str, directions: Sequence[str], seed: 
     return study
 
 
-def record(study: optuna.Study, deriv: Derivation, values: Sequence[float], attrs: dict[str, object]) -> None:
+def record(study: optuna.Study, deriv: Derivation, values: Sequence[float], attrs: dict[str, object],
+           selections: Sequence[str]) -> None:
     """Add an already scored program to the study as a completed trial (TPE learns from it)."""
-    trial = optuna.trial.create_trial(params=to_params(deriv), distributions=to_distributions(deriv),  # type: ignore[arg-type]
+    trial = optuna.trial.create_trial(params=to_params(deriv), distributions=to_distributions(deriv, selections=selections),  # type: ignore[arg-type]
                                       values=list(values), user_attrs=attrs)
     study.add_trial(trial)
 
@@ -99,9 +100,10 @@ class Candidate:
     params: dict[str, float]
 
 
-def sample_candidate(trial: optuna.trial.BaseTrial, max_depth: int) -> Candidate:
+def sample_candidate(trial: optuna.trial.BaseTrial, max_depth: int, selections: Sequence[str]) -> Candidate:
     """Define-by-run: one categorical per grammar node, one float per ?param."""
-    sampler = Sampler(lambda name, options: trial.suggest_categorical(name, list(options)), max_depth=max_depth)
+    sampler = Sampler(lambda name, options: trial.suggest_categorical(name, list(options)), max_depth=max_depth,
+                      selections=selections)
     deriv = sampler.sample()
     program = deriv.program()
     params: dict[str, float] = {}
@@ -120,6 +122,7 @@ class Objective:
 
     evaluate: Callable[[Candidate], tuple[float, ...]]
     max_depth: int = 6
+    selections: Sequence[str] = ("convs", "stages")
     memo: dict[str, tuple[float, ...]] = field(default_factory=dict)
     on_scored: Callable[[optuna.trial.Trial, Candidate, tuple[float, ...]], None] | None = None
 
@@ -131,7 +134,7 @@ class Objective:
                 self.memo[key] = tuple(t.values)
 
     def __call__(self, trial: optuna.trial.Trial) -> float | tuple[float, ...]:
-        cand = sample_candidate(trial, self.max_depth)
+        cand = sample_candidate(trial, self.max_depth, self.selections)
         key = cand.canon + "|" + ",".join(f"{k}={v:.6g}" for k, v in sorted(cand.params.items()))
         trial.set_user_attr("program", cand.text)
         trial.set_user_attr("size", cand.size)

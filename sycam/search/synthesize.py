@@ -22,7 +22,7 @@ import optuna
 import torch
 from tqdm.auto import tqdm
 
-from sycam.bench import Workbench, mean_score, merge_requests
+from sycam.bench import Workbench, mean_score, merge_requests, score_streaming
 from sycam.capture import CaptureRequest, Captures
 from sycam.compile import CompiledProgram
 from sycam.errors import ProgramRuntimeError, SycamError
@@ -91,8 +91,19 @@ def _device(name: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _search_request(bench_resolver, score: A.ScoreSpec) -> CaptureRequest:
-    layers = list(dict.fromkeys(bench_resolver.convs + bench_resolver.stages + [bench_resolver.default]))
+MAX_CONVS_FOR_ALL = 24  # above this many conv layers, `each(convs, ...)` captures cost too much memory
+
+
+def search_selections(resolver) -> tuple[str, ...]:
+    """Layer selections the search may use: every conv layer on small models, only the stage
+    ends on large ones (caching A and G of all 52 MobileNetV2 convs for a few hundred 224² images
+    would take tens of GiB)."""
+    return ("convs", "stages") if len(resolver.convs) <= MAX_CONVS_FOR_ALL else ("stages",)
+
+
+def _search_request(bench_resolver, score: A.ScoreSpec, selections: tuple[str, ...]) -> CaptureRequest:
+    convs = bench_resolver.convs if "convs" in selections else []
+    layers = list(dict.fromkeys(convs + bench_resolver.stages + [bench_resolver.default]))
     return CaptureRequest(layers=tuple(layers), grad_layers=frozenset(layers), score=score)
 
 
@@ -185,7 +196,8 @@ class Synthesis:
         self._write_manifest(storage_url)
 
         resolver = Workbench(self.bundle, self.datasets["train"], CaptureRequest(layers=())).resolver
-        train = self.bench("train", _search_request(resolver, A.ScoreSpec())).load()
+        self.selections = search_selections(resolver)
+        train = self.bench("train", _search_request(resolver, A.ScoreSpec(), self.selections)).load()
         probe = _probe(train.batches[0].caps, 16)
         self.search_t0 = time.perf_counter()  # the budget counts search time, not model loading or captures
 
@@ -224,7 +236,7 @@ class Synthesis:
         enum_stats: dict[str, float] = {}
         scored_enum: list[tuple[tuple[float, ...], Derivation, str]] = []
         if cfg.enumerate:
-            enumerator = Enumerator(probe, train.resolver, max_size=cfg.max_size)
+            enumerator = Enumerator(probe, train.resolver, max_size=cfg.max_size, selections=self.selections)
             # with a candidate count the run is reproducible: no clock decides what is enumerated
             derivs = enumerator.run(time_limit=None if cfg.candidates else 0.2 * cfg.budget)
             enum_stats = enumerator.stats.as_dict()
@@ -253,16 +265,18 @@ class Synthesis:
                 if text not in in_study:
                     program = deriv.program()
                     record(study, deriv, values, {"program": text, "size": A.size(program.body), "source": "enumerator",
-                                                  "canon": canonical_hash(program), "memo_key": canonical_hash(program) + "|"})
+                                                  "canon": canonical_hash(program), "memo_key": canonical_hash(program) + "|"},
+                           self.selections)
 
         # 2. Optuna: the reference programs of the space are queued first, then TPE over the grammar
         for name in cfg.references:
             from sycam.programs import load
 
             deriv = derive(A.inline_lets(load(name)))
-            if deriv is not None:
+            if deriv is not None and _selections_of(deriv) <= set(self.selections):
                 enqueue(study, deriv, f"reference:{name}")
-        objective = Objective(evaluate, max_depth=cfg.max_depth, on_scored=lambda trial, cand, values: note(values))
+        objective = Objective(evaluate, max_depth=cfg.max_depth, selections=self.selections,
+                              on_scored=lambda trial, cand, values: note(values))
         objective.prime(study)
         remaining = cfg.budget - (time.perf_counter() - self.search_t0)
         n_trials = None
@@ -320,20 +334,21 @@ class Synthesis:
         request = merge_requests([CompiledProgram(p, resolver).request for p in programs + list(refs.values())])
         val = self.bench("val", request)
         test = self.bench("test", request)
-        for row, program in zip(rows, programs):
-            row.val = self._scores(val, program, row.params)
-        sign = 1 if primary.higher_is_better else -1
-        rows.sort(key=lambda r: (-sign * _nan_last(r.val[primary.name], sign), r.size))
-        for i, (row, program) in enumerate(zip(rows, [parse(r.program) for r in rows])):
-            row.name = f"best{i + 1}"
-            row.test = self._scores(test, program, row.params)
         ref_rows = []
         for name, program in refs.items():
-            compiled = CompiledProgram(program, resolver)
-            params = compiled.param_values()
+            params = CompiledProgram(program, resolver).param_values()
             ref_rows.append(Row(name=name, program=pretty(program), size=A.size(A.inline_lets(program)), source="reference",
-                                params=params, train=self._scores(train, program, params), val=self._scores(val, program, params),
-                                test=self._scores(test, program, params)))
+                                params=params, train=self._scores(train, program, params)))
+        everything = rows + ref_rows
+        compiled = [(CompiledProgram(parse(r.program), resolver), r.params) for r in everything]
+        # validation and test are streamed: one batch of captures in memory at a time
+        for split, bench in (("val", val), ("test", test)):
+            for row, values in zip(everything, score_streaming(bench, compiled, self.metrics)):
+                setattr(row, split, {m.name: mean_score(values[m.name]) for m in self.metrics})
+        sign = 1 if primary.higher_is_better else -1
+        rows.sort(key=lambda r: (-sign * _nan_last(r.val[primary.name], sign), r.size))
+        for i, row in enumerate(rows):
+            row.name = f"best{i + 1}"
         self._write_outputs(rows, ref_rows, test)
         best_ref = max(ref_rows, key=lambda r: sign * _nan_last(r.test[primary.name], sign))
         return {"metric": primary.name, "best": asdict(rows[0]), "best_reference": asdict(best_ref),
@@ -391,19 +406,18 @@ class Synthesis:
     def _overlays(self, rows: list[Row], test: Workbench) -> None:
         from sycam import viz
 
-        test.load()
-        cb = test.batches[0]
-        n = min(6, len(cb.targets))
+        batch, targets, caps = next(iter(test.iter_batches()))  # one batch: no need to keep the split
+        n = min(6, len(targets))
         maps = {}
         for r in rows:
             program = parse(r.program)
             compiled = test.compile(program)
             try:
-                maps[r.name] = compiled(cb.caps, r.params)[:n].cpu()
+                maps[r.name] = compiled(caps, r.params)[:n].cpu()
             except ProgramRuntimeError:
                 continue
-        masks = cb.batch.masks[:n].cpu() if cb.batch.masks is not None else None
-        viz.overlay_grid(cb.batch.images[:n].cpu(), maps, self.out / "overlays.png", masks=masks)
+        masks = batch.masks[:n].cpu() if batch.masks is not None else None
+        viz.overlay_grid(batch.images[:n].cpu(), maps, self.out / "overlays.png", masks=masks)
 
     def _write_manifest(self, storage_url: str) -> None:
         import lark
@@ -427,6 +441,13 @@ class Synthesis:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         (self.out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def _selections_of(deriv: Derivation) -> set[str]:
+    found = {deriv.sel} if deriv.sel else set()
+    for kid in deriv.kids:
+        found |= _selections_of(kid)
+    return found
 
 
 def _with_defaults(program: A.Program, params: dict[str, float]) -> A.Program:
