@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sycam._state import eval_mode
 from sycam.errors import BOUNDARY, CaptureError, as_sycam
 from sycam.lang.ast import ScoreSpec
 
@@ -402,9 +403,7 @@ def _capture(
     grad_names = request.grad_layers
     spec = request.score
 
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
+    with eval_mode(model):
         # inference_mode(False) + enable_grad: gradients even under the caller's no_grad/inference_mode
         with torch.inference_mode(False):
             x = inputs.clone() if inputs.is_inference() else inputs.detach()
@@ -451,7 +450,4 @@ def _capture(
                         D[n] = _ablation(
                             model, modules[n], x, A[n].shape[1], Y, targets, comps, spec, chunk_size, n
                         ).to(Y.dtype)
-    finally:
-        for m, flag in flags:
-            m.training = flag
     return Captures(A=A, G=G, S=S, D=D, Y=Y, logits=logits, input_size=(int(inputs.shape[2]), int(inputs.shape[3])))

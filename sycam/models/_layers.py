@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sycam._state import eval_mode
+
 __all__ = [
     "ProbeResult",
     "probe",
@@ -95,22 +97,18 @@ def probe(module: nn.Module, input_size: tuple[int, int] = (224, 224), in_channe
 
         return hook
 
-    flags = [(m, m.training) for m in module.modules()]
     handles = []
     try:
         for name, m in module.named_modules():
             if name:  # the root's output is recorded separately
                 handles.append(m.register_forward_hook(make_hook(name)))
-        module.eval()
         x = torch.zeros(1, key[2], key[0], key[1], device=_module_device(module), dtype=_module_dtype(module))
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(module):
             out = module(x)
         result.output_shape = tuple(out.shape) if isinstance(out, Tensor) else None
     finally:
         for h in handles:
             h.remove()
-        for m, flag in flags:
-            m.training = flag
     # a shared module appears once, at its last call
     seen: set[str] = set()
     order: list[str] = []
