@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sycam._state import eval_mode
-from sycam.errors import BOUNDARY, CaptureError, as_sycam
+from sycam.errors import BOUNDARY, CaptureError, SycamError, as_sycam
 from sycam.lang.ast import ScoreSpec
 
 __all__ = ["CaptureRequest", "Captures", "capture", "target_scores", "finer_comparisons"]
@@ -344,6 +344,13 @@ def capture(
         chunk_size = 8 if getattr(inputs, "device", torch.device("cpu")).type == "cpu" else 64
     try:
         return _capture(model, inputs, targets, request, chunk_size=chunk_size)
+    except RuntimeError as err:
+        if isinstance(err, SycamError) or str(err).startswith("capture"):
+            raise as_sycam(err, CaptureError) from err
+        # torch failed inside the user's model: say whose forward pass and on what input
+        shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+        raise as_sycam(RuntimeError(f"capture: {type(model).__name__}'s forward pass failed on sycam's inputs of shape "
+                                    f"{shape}: {err}"), CaptureError) from err
     except BOUNDARY as err:
         raise as_sycam(err, CaptureError) from err
 

@@ -106,6 +106,8 @@ class Explainer:
     def __call__(self, images: Tensor, targets: Tensor | int | Sequence[int] | None = None) -> Tensor:
         if not isinstance(images, Tensor) or images.ndim != 4:
             raise SycamError(f"images must be a (B, C, H, W) tensor, got {getattr(images, 'shape', type(images).__name__)}")
+        if images.shape[0] == 0:
+            raise SycamError(f"images is an empty batch: shape {tuple(images.shape)}")
         device = images.device
         targets_t = self._targets(images, targets)
         outs = []

@@ -113,7 +113,7 @@ class ChannelsLast(nn.Module):
 def sycam_chunk_runner(model: nn.Module, method: str, layer: str | None, x: Tensor, targets: Tensor, chunk: int,
                        channels_last: bool = False) -> Runner:
     """sycam with the capture's extra forwards (Score-CAM's masked images, Ablation-CAM's ablated
-    ones) in chunks of ``chunk`` instead of :func:`sycam.capture.capture`'s default 64 — what
+    ones) in chunks of ``chunk`` instead of :func:`sycam.capture.capture`'s default — what
     :meth:`Explainer.__call__` does for one chunk of images, with ``chunk_size`` passed through
     (the Explainer does not expose it) — and, with ``channels_last``, every forward's input in
     channels-last format (the model wrapped in :class:`ChannelsLast`). Suggested changes,

@@ -55,7 +55,7 @@ class Plan:
 _METHODS = ("gradcam", "gradcampp", "layercam")
 _PEERS = ("pytorch-grad-cam", "torchcam")
 # suggested changes to sycam's Score-CAM, timed beside it: masked forwards in chunks of 8 (capture's
-# default is 64), and the same with channels-last inputs
+# default was 64; since commit 2ad7035 it is 8 on CPU), and the same with channels-last inputs
 _VARIANTS = ("sycam[chunk=8]", "sycam[chunk=8,channels_last]")
 
 PLANS: dict[str, Plan] = {

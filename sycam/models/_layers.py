@@ -104,7 +104,11 @@ def probe(module: nn.Module, input_size: tuple[int, int] = (224, 224), in_channe
                 handles.append(m.register_forward_hook(make_hook(name)))
         x = torch.zeros(1, key[2], key[0], key[1], device=_module_device(module), dtype=_module_dtype(module))
         with torch.no_grad(), eval_mode(module):
-            out = module(x)
+            try:
+                out = module(x)
+            except RuntimeError as err:
+                raise RuntimeError(f"{type(module).__name__} failed on sycam's probe input of shape {tuple(x.shape)} "
+                                   f"(used to find its layers' output shapes): {err}") from err
         result.output_shape = tuple(out.shape) if isinstance(out, Tensor) else None
     finally:
         for h in handles:

@@ -68,7 +68,10 @@ def torchvision_names() -> list[str]:
 def _default_device(device: torch.device | str | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:1, mps, ...") from None
 
 
 # --------------------------------------------------------------------------- weights files
@@ -107,6 +110,8 @@ def _fix_densenet_keys(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def _load_weights_file(module: nn.Module, path: Path, arch: str) -> None:
     """Load a local state dict strictly, with an error that names the file and what differs."""
+    if path.is_dir():
+        raise IsADirectoryError(f"weights file {path} is a directory; give the state-dict file inside it")
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
@@ -245,6 +250,9 @@ def _from_import_path(spec: str, weights: str | None, device: torch.device) -> M
         mod = importlib.import_module(mod_name)
     except ImportError as e:
         raise ValueError(f"import path {spec!r}: cannot import module {mod_name!r} ({e})") from e
+    except SyntaxError as e:
+        raise ValueError(f"import path {spec!r}: cannot import module {mod_name!r} (SyntaxError in {e.filename}, "
+                         f"line {e.lineno}: {e.msg})") from e
     obj: Any = mod
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -252,7 +260,12 @@ def _from_import_path(spec: str, weights: str | None, device: torch.device) -> M
         obj = getattr(obj, part)
     if not callable(obj):
         raise TypeError(f"import path {spec!r}: {attr!r} is not callable")
-    made = obj()
+    try:
+        made = obj()
+    except TypeError as e:
+        raise TypeError(f"import path {spec!r}: calling the factory failed ({e}); a factory takes no arguments") from e
+    except Exception as e:  # noqa: BLE001 - whatever the user's code raises, say where it came from
+        raise RuntimeError(f"import path {spec!r}: the user's factory failed: {type(e).__name__}: {e}") from e
     if isinstance(made, ModelBundle):
         if weights is not None:
             _load_weights_file(made.module, Path(weights).expanduser(), spec)
