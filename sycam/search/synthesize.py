@@ -338,12 +338,14 @@ class Synthesis:
         for name, program in refs.items():
             params = CompiledProgram(program, resolver).param_values()
             ref_rows.append(Row(name=name, program=pretty(program), size=A.size(A.inline_lets(program)), source="reference",
-                                params=params, train=self._scores(train, program, params)))
+                                params=params))
         everything = rows + ref_rows
-        compiled = [(CompiledProgram(parse(r.program), resolver), r.params) for r in everything]
-        # validation and test are streamed: one batch of captures in memory at a time
-        for split, bench in (("val", val), ("test", test)):
-            for row, values in zip(everything, score_streaming(bench, compiled, self.metrics)):
+        # references may need layers the search did not cache (e.g. every conv): their train scores,
+        # and everyone's validation and test scores, are streamed, one batch of captures at a time
+        for split, bench, these in (("train", self.bench("train", request), ref_rows), ("val", val, everything),
+                                    ("test", test, everything)):
+            compiled = [(CompiledProgram(parse(r.program), resolver), r.params) for r in these]
+            for row, values in zip(these, score_streaming(bench, compiled, self.metrics)):
                 setattr(row, split, {m.name: mean_score(values[m.name]) for m in self.metrics})
         sign = 1 if primary.higher_is_better else -1
         rows.sort(key=lambda r: (-sign * _nan_last(r.val[primary.name], sign), r.size))
