@@ -100,6 +100,7 @@ class Workbench:
     batches: list[CachedBatch] = field(default_factory=list)
     capture_seconds: float = 0.0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    _validated: set[str] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
         self.device = self.device or next(self.bundle.module.parameters()).device
@@ -189,10 +190,14 @@ class Workbench:
         """
         self.load()
         out: dict[str, list[Tensor]] = {m.name: [] for m in metrics}
+        # the first program scored with a metric checks every batch against that metric's needs;
+        # after that only the maps change, and the compiler guarantees them finite and in [0, 1]
         for cb in self.batches:
             maps = compiled(cb.caps, params)
             for m in metrics:
-                out[m.name].append(m(self.metric_inputs(cb, maps, m, compiled, params)).cpu())
+                inputs = self.metric_inputs(cb, maps, m, compiled, params)
+                out[m.name].append(m(inputs, validate=m.name not in self._validated).cpu())
+        self._validated.update(m.name for m in metrics)
         return {k: torch.cat(v) for k, v in out.items()}
 
 

@@ -138,3 +138,17 @@ def test_float64_maps_give_float32_scores() -> None:
     inp.images = inp.images.double()  # type: ignore[union-attr]
     for name in ("iou", "energy_pg", "deletion", "sparsity"):
         assert get_metric(name)(inp).dtype == torch.float32
+
+
+def test_validation_can_be_skipped_for_trusted_maps() -> None:
+    from sycam.metrics import get_metric
+    from sycam.metrics.base import MetricInputs
+
+    maps = torch.full((1, 4, 4), 2.0)  # outside [0, 1]: a caller-side bug the checks catch
+    masks = torch.zeros(1, 4, 4, dtype=torch.bool)
+    masks[0, :2] = True
+    metric = get_metric("energy_pg")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        metric(MetricInputs(maps=maps, masks=masks))
+    # trusted callers (the search, on compiler output) skip the checks; the value is still computed
+    assert metric(MetricInputs(maps=maps, masks=masks), validate=False).tolist() == [0.5]

@@ -57,9 +57,16 @@ class Metric(ABC):
     higher_is_better: bool = True
     needs: frozenset[str] = frozenset()
 
-    def __call__(self, inputs: MetricInputs) -> Tensor:
-        """Validate ``inputs`` against :attr:`needs`, compute, and check the result's shape."""
-        validate_inputs(inputs, self.name, self.needs)
+    def __call__(self, inputs: MetricInputs, validate: bool = True) -> Tensor:
+        """Validate ``inputs`` against :attr:`needs`, compute, and check the result's shape.
+
+        ``validate=False`` skips the input checks, for callers whose maps come from sycam's own
+        compiler (finite, normalised to [0, 1]) and whose masks come from a sycam dataset: the
+        search scores thousands of programs on the same batches, and re-checking them cost 12% of
+        its time (experiments/bench/notes.md).
+        """
+        if validate:
+            validate_inputs(inputs, self.name, self.needs)
         out = self.compute(inputs)
         b = inputs.maps.shape[0]
         if out.shape != (b,):
