@@ -194,7 +194,18 @@ def _masked_scores(inputs: MetricInputs, masked: Tensor, chunk_size: int, name: 
     return both[:b], both[b:]
 
 
-class AverageDrop(Metric):
+class _ExplanationMasked(Metric):
+    """Metrics comparing ``Y = p(image)`` with ``O = p(image ⊙ map)`` (the map multiplies every channel)."""
+
+    def __init__(self, chunk_size: int = 64) -> None:
+        self.chunk_size = check_chunk_size(chunk_size, self.name)
+
+    def scores(self, inputs: MetricInputs) -> tuple[Tensor, Tensor]:
+        assert inputs.images is not None
+        return _masked_scores(inputs, inputs.images * inputs.maps[:, None], self.chunk_size, self.name)
+
+
+class AverageDrop(_ExplanationMasked):
     """``avg_drop``: drop of confidence when only the salient part of the image is shown.
 
     Chattopadhay et al., "Grad-CAM++", WACV 2018: with ``Y = p(image)`` and
@@ -209,17 +220,13 @@ class AverageDrop(Metric):
     higher_is_better = False
     needs = frozenset({"model"})
 
-    def __init__(self, chunk_size: int = 64) -> None:
-        self.chunk_size = check_chunk_size(chunk_size, self.name)
-
     def compute(self, inputs: MetricInputs) -> Tensor:
-        assert inputs.images is not None
-        y, o = _masked_scores(inputs, inputs.images * inputs.maps[:, None], self.chunk_size, self.name)
+        y, o = self.scores(inputs)
         drop = (y - o).clamp_min(0) / y * 100
         return torch.where(y > 0, drop, torch.full_like(drop, float("nan")))
 
 
-class AverageIncrease(Metric):
+class AverageIncrease(_ExplanationMasked):
     """``avg_increase``: does showing only the salient part raise the confidence?
 
     Chattopadhay et al., "Grad-CAM++", WACV 2018 ("Increase in Confidence"): with ``Y = p(image)``
@@ -231,12 +238,8 @@ class AverageIncrease(Metric):
     higher_is_better = True
     needs = frozenset({"model"})
 
-    def __init__(self, chunk_size: int = 64) -> None:
-        self.chunk_size = check_chunk_size(chunk_size, self.name)
-
     def compute(self, inputs: MetricInputs) -> Tensor:
-        assert inputs.images is not None
-        y, o = _masked_scores(inputs, inputs.images * inputs.maps[:, None], self.chunk_size, self.name)
+        y, o = self.scores(inputs)
         return (o > y).float() * 100
 
 
