@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sycam._inference import fast_forward
 from sycam._state import eval_mode
 from sycam.errors import BOUNDARY, CaptureError, SycamError, as_sycam
 from sycam.lang.ast import ScoreSpec
@@ -258,14 +259,18 @@ def _modified(fw: _Forward) -> set[str]:
 
 
 def _score_cam(
-    model: nn.Module, x: Tensor, A: Tensor, targets: Tensor, comps: Tensor | None, spec: ScoreSpec, chunk: int, name: str
+    model: nn.Module, x: Tensor, A: Tensor, targets: Tensor, comps: Tensor | None, spec: ScoreSpec, chunk: int, name: str,
+    logits: Tensor,
 ) -> Tensor:
     """S[b, k] = score of ``x[b] * norm(upsample(A[b, k]))``, chunks of ``chunk`` masked images.
 
     A constant channel masks the whole image out, and ``x * 0`` is the same blank image for every
     such channel of every image: its logits are computed once and shared (post-ReLU layers have
-    many all-zero channels, so this saves most forwards without changing any score).
+    many all-zero channels, so this saves most forwards without changing any score). The forwards
+    run on :func:`sycam._inference.fast_forward`'s folded channels-last copy where it reproduces
+    ``logits``, the model's own on ``x``.
     """
+    forward = fast_forward(model, x, logits)
     B, C = A.shape[:2]
     H, W = x.shape[-2:]
     S = torch.empty(B * C, device=x.device, dtype=x.dtype)
@@ -274,7 +279,7 @@ def _score_cam(
     pairs = torch.arange(B * C, device=x.device)
     blank = pairs[constant]
     if blank.numel():
-        logits0 = _check_logits(model(torch.zeros_like(x[:1])), 1, f"capture (Score-CAM forward for {name!r})")
+        logits0 = _check_logits(forward(torch.zeros_like(x[:1])), 1, f"capture (Score-CAM forward for {name!r})")
         b = blank // C
         S[blank] = _scores(logits0.expand(len(blank), -1), targets[b], spec, None if comps is None else comps[b]).to(S.dtype)
     todo = pairs[~constant]
@@ -287,8 +292,8 @@ def _score_cam(
         rng = flat.max(dim=1).values.view(-1, 1, 1, 1) - lo
         # min-max per (image, channel)
         mask = torch.where(rng > 0, (up - lo) / torch.where(rng > 0, rng, torch.ones_like(rng)), torch.zeros_like(up))
-        logits = _check_logits(model(x[b] * mask), len(idx), f"capture (Score-CAM forward for {name!r})")
-        S[idx] = _scores(logits, targets[b], spec, None if comps is None else comps[b]).to(S.dtype)
+        out = _check_logits(forward(x[b] * mask), len(idx), f"capture (Score-CAM forward for {name!r})")
+        S[idx] = _scores(out, targets[b], spec, None if comps is None else comps[b]).to(S.dtype)
     return S.view(B, C)
 
 
@@ -452,7 +457,7 @@ def _capture(
             if request.score_cam_layers or request.ablation_layers:
                 with torch.no_grad():
                     for n in sorted(request.score_cam_layers):
-                        S[n] = _score_cam(model, x, A[n], targets, comps, spec, chunk_size, n).to(Y.dtype)
+                        S[n] = _score_cam(model, x, A[n], targets, comps, spec, chunk_size, n, logits).to(Y.dtype)
                     for n in sorted(request.ablation_layers):
                         D[n] = _ablation(
                             model, modules[n], x, A[n].shape[1], Y, targets, comps, spec, chunk_size, n

@@ -59,13 +59,17 @@ class Explainer:
       are averaged at the input size (pytorch-grad-cam's semantics for several target layers).
     - ``params``: values for the program's ``?params`` (defaults otherwise).
 
+    - ``masked_batch``: images per extra forward of Score-CAM / Ablation-CAM (default: 8 on CPU,
+      64 on GPUs; see :func:`~sycam.capture.capture`).
+
     One forward and one ``autograd.grad`` per chunk of ``chunk_size`` images; the model comes
     back as it was (mode, hooks, ``.grad``).
     """
 
     def __init__(self, model: nn.Module | ModelBundle, program: A.Program | str | Path,
                  layers: str | int | nn.Module | Sequence[str | int | nn.Module] | None = None,
-                 params: Mapping[str, float] | None = None, chunk_size: int = 32) -> None:
+                 params: Mapping[str, float] | None = None, chunk_size: int = 32,
+                 masked_batch: int | None = None) -> None:
         if isinstance(model, ModelBundle):
             module, default, stages = model.module, model.default_layer, model.stage_layers
         elif isinstance(model, nn.Module):
@@ -74,6 +78,10 @@ class Explainer:
             raise TypeError(f"model must be an nn.Module or a ModelBundle, got {type(model).__name__}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        if masked_batch is not None and (isinstance(masked_batch, bool) or not isinstance(masked_batch, int)
+                                         or masked_batch < 1):
+            raise ValueError(f"masked_batch must be a positive int, got {masked_batch!r}")
+        self.masked_batch = masked_batch
         self.module = module
         self.program = as_program(program)
         self.chunk_size = chunk_size
@@ -112,7 +120,8 @@ class Explainer:
         targets_t = self._targets(images, targets)
         outs = []
         for i in range(0, images.shape[0], self.chunk_size):
-            caps = capture(self.module, images[i:i + self.chunk_size], targets_t[i:i + self.chunk_size], self.request)
+            caps = capture(self.module, images[i:i + self.chunk_size], targets_t[i:i + self.chunk_size], self.request,
+                           chunk_size=self.masked_batch)
             outs.append(self.compiled(caps, self.params))
         return torch.cat(outs).to(device)
 
