@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sycam._inference import fast_forward
-from sycam._state import eval_mode
+from sycam._state import eval_mode, frozen_parameters
 from sycam.errors import BOUNDARY, CaptureError, SycamError, as_sycam
 from sycam.lang.ast import ScoreSpec
 
@@ -415,7 +415,7 @@ def _capture(
     grad_names = request.grad_layers
     spec = request.score
 
-    with eval_mode(model):
+    with eval_mode(model), frozen_parameters(model):
         # inference_mode(False) + enable_grad: gradients even under the caller's no_grad/inference_mode
         with torch.inference_mode(False):
             x = inputs.clone() if inputs.is_inference() else inputs.detach()

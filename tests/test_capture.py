@@ -370,8 +370,16 @@ def test_inplace_relu_after_hooked_bn() -> None:
     W = model.fc.weight.detach()
     g = (a > 0).float() * W[t].view(2, 4, 1, 1) / 36
     assert torch.allclose(c.G["bn"], g, atol=1e-7)
+    # weights are frozen during capture, so bn's output is a fresh leaf and the in-place ReLU acts on
+    # the copy the hook hands on: no second forward was needed
+    assert "bn" not in _CLONE_LAYERS.get(model, set())
+    # without gradients the hook hands the output itself on: the ReLU changes it, capture notices,
+    # runs the forward again with a clone, and remembers to clone at once next time
+    plain = CaptureRequest(layers=("bn",))
+    a_only = capture(model, x, t, plain)
+    assert torch.equal(a_only.A["bn"], a)
     assert "bn" in _CLONE_LAYERS[model]
-    again = capture(model, x, t, req)  # second call clones at once
+    again = capture(model, x, t, req)
     assert torch.equal(again.A["bn"], c.A["bn"]) and torch.allclose(again.G["bn"], c.G["bn"])
 
 
@@ -634,3 +642,24 @@ def test_cuda_capture_stays_on_device() -> None:
     assert torch.allclose(c.S["bn"].cpu(), ref.S["bn"], atol=1e-4)
     with pytest.raises(ValueError, match="the model is on cpu but the inputs are on cuda"):
         capture(model, x, torch.tensor([0, 1]), req)
+
+
+def test_autograd_records_only_from_the_hooked_layer_on() -> None:
+    """Weights are frozen for the call: nothing before relu2 is recorded, and no convolution keeps
+    its input for a weight gradient (only what d score / d relu2 needs is saved)."""
+    model = seeded(Tiny)
+    x = torch.randn(2, 3, 8, 8)
+    saved: list[tuple[int, ...]] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        c = capture(model, x, torch.tensor([0, 1]), CaptureRequest(layers=("relu2",), grad_layers=frozenset({"relu2"})))
+    assert (2, 3, 8, 8) not in saved and (2, 5, 8, 8) not in saved  # conv1/conv2 inputs
+    assert all(p.requires_grad for p in model.parameters())
+    with torch.no_grad():
+        a = model.relu2(model.conv2(model.relu1(model.conv1(x))))
+    g = model.fc.weight[torch.tensor([0, 1])].view(2, 4, 1, 1).expand_as(a) / 16
+    assert torch.allclose(c.G["relu2"], g, atol=1e-7)
