@@ -103,6 +103,9 @@ class CompiledProgram:
         self.resolver = resolver
         self.score = self.program.score_spec
         self._plan: dict[int, list[str]] = {}  # id(Each) -> layers
+        # equal sub-expressions share one value (e.g. the mean_hw(G) of both lets of Winsor-CAM)
+        first: dict[A.Expr, int] = {}
+        self._canon: dict[int, int] = {id(n): first.setdefault(n, id(n)) for n in A.walk(self.expr)}
         needs: dict[str, set[str]] = {k: set() for k in "AGSD"}
         self._collect(self.expr, None, needs)
         layers = sorted(set().union(*needs.values()), key=self._order)
@@ -186,7 +189,7 @@ class CompiledProgram:
         return K.norm(K.resize(raw.float(), size))
 
     def _eval(self, node: A.Expr, layer: str | None, ctx: _Ctx) -> K.Value:
-        key = (id(node), layer)
+        key = (self._canon.get(id(node), id(node)), layer)
         hit = ctx.memo.get(key)
         if hit is not None:
             return hit
@@ -223,6 +226,10 @@ class CompiledProgram:
 
     def _call(self, node: A.Call, layer: str | None, ctx: _Ctx) -> K.Value:
         fn, family = node.fn, OPS[node.fn].family
+        if fn in ("sum_c", "mean_c") and isinstance(node.args[0], A.BinOp) and node.args[0].op == "*":
+            fused = self._weighted_channels(fn[:-2], node.args[0], layer, ctx)
+            if fused is not None:
+                return fused
         x = self._eval(node.args[0], layer, ctx)
         if family == "elementwise":
             return K.lift(K.UNARY[fn], x)
@@ -248,6 +255,19 @@ class CompiledProgram:
         if isinstance(x, list) and x and x[0].ndim == 1:  # Layers<Scalar>: along the layers
             return K.along_layers(per_value, x)
         return K.lift(per_value, x)
+
+
+    def _weighted_channels(self, kind: str, prod: A.BinOp, layer: str | None, ctx: _Ctx) -> K.Value | None:
+        """``sum_c(w * T)`` / ``mean_c(w * T)`` with w Channels (B, C) and T a Tensor (B, C, h, w),
+        as one batched matrix product instead of materialising ``w * T`` (Grad-CAM's own shape;
+        it is most of a multi-layer program's time). None when the operands have other shapes."""
+        left, right = self._eval(prod.left, layer, ctx), self._eval(prod.right, layer, ctx)
+        pairs = list(zip(left, right)) if isinstance(left, list) and isinstance(right, list) else (
+            [(left, right)] if isinstance(left, Tensor) and isinstance(right, Tensor) else None)
+        if pairs is None or not all({a.ndim, b.ndim} == {2, 4} for a, b in pairs):
+            return None
+        out = [K.weighted_sum_c(*((a, b) if a.ndim == 2 else (b, a)), mean=kind == "mean") for a, b in pairs]
+        return out if isinstance(left, list) else out[0]
 
 
 def _slice(caps: Captures, i: int, j: int) -> Captures:

@@ -131,6 +131,15 @@ def reduce_c(kind: str, x: Tensor) -> Tensor:
     return x.amax(1)
 
 
+def weighted_sum_c(w: Tensor, x: Tensor, mean: bool = False) -> Tensor:
+    """``sum_c(w * x)`` (or ``mean_c``) for Channels w (B, C) and a Tensor x (B, C, H, W) -> Map
+    (B, H, W), as a batched matrix product: no (B, C, H, W) temporary."""
+    b, c, h, wd = x.shape
+    dt = torch.promote_types(w.dtype, x.dtype)
+    out = torch.bmm(w.to(dt).reshape(b, 1, c), x.to(dt).reshape(b, c, h * wd)).reshape(b, h, wd)
+    return out / c if mean else out
+
+
 # ------------------------------------------------------------------ along the natural axis
 
 

@@ -1,0 +1,57 @@
+"""The compiler's shortcuts must not change values: the fused channel-weighted sum and the
+sharing of equal sub-expressions."""
+from __future__ import annotations
+
+import torch
+
+from sycam import kernels as K
+from sycam.capture import Captures
+from sycam.compile import CompiledProgram, LayerResolver
+from tests.test_capture import Tiny, seeded
+
+
+def test_weighted_sum_c_is_the_sum_of_products() -> None:
+    torch.manual_seed(0)
+    w, x = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, 4, 6, dtype=torch.float64)
+    assert torch.allclose(K.weighted_sum_c(w, x), (w[:, :, None, None] * x).sum(1), atol=1e-12)
+    assert torch.allclose(K.weighted_sum_c(w, x, mean=True), (w[:, :, None, None] * x).mean(1), atol=1e-12)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(K.weighted_sum_c(w, cl), (w[:, :, None, None] * x).sum(1), atol=1e-12)
+
+
+def _caps() -> tuple[Captures, LayerResolver]:
+    torch.manual_seed(1)
+    A = {"relu1": torch.randn(2, 5, 8, 8, dtype=torch.float64), "relu2": torch.randn(2, 4, 4, 4, dtype=torch.float64)}
+    G = {k: torch.randn_like(v) for k, v in A.items()}
+    caps = Captures(A=A, G=G, S={}, D={}, Y=torch.zeros(2, dtype=torch.float64), logits=torch.zeros(2, 6),
+                    input_size=(8, 8))
+    return caps, LayerResolver(seeded(Tiny), "relu2")
+
+
+def test_fused_and_unfused_forms_agree_on_one_layer_and_across_layers() -> None:
+    caps, res = _caps()
+    pairs = [
+        ("sum_c(mean_hw(G) * A)", "sum_c(A * mean_hw(G) + 0 * A)"),  # the second cannot take the shortcut
+        ("mean_c(A * mean_hw(relu(G)))", "mean_c(A * mean_hw(relu(G)) + 0 * A)"),
+        ("fuse(each([relu1, relu2], relu(sum_c(mean_hw(G) * A))), mean)",
+         "fuse(each([relu1, relu2], relu(sum_c(mean_hw(G) * A + 0 * A))), mean)"),
+    ]
+    for fast, slow in pairs:
+        a = CompiledProgram(fast, res).raw(caps)
+        b = CompiledProgram(slow, res).raw(caps)
+        assert torch.allclose(a, b, atol=1e-10), fast
+
+
+def test_equal_sub_expressions_are_computed_once(monkeypatch) -> None:
+    caps, res = _caps()
+    calls: list[int] = []
+    real = K.reduce_hw
+
+    def counting(kind, x):
+        calls.append(1)
+        return real(kind, x)
+
+    monkeypatch.setattr(K, "reduce_hw", counting)
+    prog = CompiledProgram("let w = mean_hw(G); relu(sum_c(w * A)) * mean_c(w)", res)
+    prog.raw(caps)
+    assert len(calls) == 1
