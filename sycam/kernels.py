@@ -7,6 +7,7 @@ finite input into NaN or Inf except through genuine overflow, which the compiler
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -156,9 +157,23 @@ def norm(x: Tensor) -> Tensor:
     """Min-max to [0, 1] per image: ``(x - min) / (max - min)``; a constant image gives 0.
 
     A range below 1e-6 of the largest magnitude counts as constant (float noise, not signal).
+    Two full passes (the search normalises every candidate map at image size): the constant
+    images divide by +inf, which gives exactly 0.
     """
     f = _flat(x)
-    # divide by the largest magnitude first: hi - lo cannot overflow (e.g. -3e38 .. 3e38)
+    lo = f.amin(1, keepdim=True)
+    hi = f.amax(1, keepdim=True)
+    scale = torch.maximum(lo.abs(), hi.abs())
+    if not bool((scale < 1e37).all()):  # hi - lo could overflow: divide by the magnitude first
+        return _norm_scaled(x)
+    rng = hi - lo
+    rng = torch.where(rng > 1e-6 * scale, rng, torch.full_like(rng, float("inf")))
+    return _unflat((f - lo).div_(rng), x)
+
+
+def _norm_scaled(x: Tensor) -> Tensor:
+    """:func:`norm` for values near the float range (e.g. -3e38 .. 3e38)."""
+    f = _flat(x)
     scale = f.abs().amax(1, keepdim=True)
     f = f / torch.where(scale > 0, scale, torch.ones_like(scale))
     lo = f.amin(1, keepdim=True)
@@ -271,10 +286,33 @@ def pc1(x: Tensor) -> Tensor:
 # ------------------------------------------------------------------ layers
 
 
+@functools.lru_cache(maxsize=64)
+def _interp_matrix(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(n_out, n_in): 1-D linear interpolation with half-pixel centres, as a matrix (the operator
+    ``F.interpolate(..., mode="linear", align_corners=False)`` applies, read off the identity)."""
+    eye = torch.eye(n_in, dtype=torch.float64)[:, None, :]
+    m = F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[:, 0, :].T
+    return m.to(dtype=dtype, device=device).contiguous()
+
+
+#: maps up to this many cells are resized by two small matrix products (4-5x faster than
+#: ``F.interpolate`` for 7x7..28x28 -> 224x224 on CPU, equal to 1 ulp); larger ones by interpolate
+_MATMUL_CELLS = 32 * 32
+
+
 def resize(m: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize of maps (B, h, w) -> (B, H, W), half-pixel centres (align_corners=False)."""
-    if tuple(m.shape[-2:]) == tuple(size):
+    """Bilinear resize of maps (B, h, w) -> (B, H, W), half-pixel centres (align_corners=False).
+
+    Bilinear resizing is separable: ``R · m · Cᵀ`` with R (H, h) and C (W, w) the 1-D
+    interpolation matrices.
+    """
+    h, w = int(m.shape[-2]), int(m.shape[-1])
+    if (h, w) == tuple(size):
         return m
+    if h * w <= _MATMUL_CELLS and m.is_floating_point():
+        rows = _interp_matrix(h, int(size[0]), m.dtype, m.device)
+        cols = _interp_matrix(w, int(size[1]), m.dtype, m.device)
+        return rows @ m @ cols.T
     return F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 

@@ -246,3 +246,38 @@ def test_com_dist_zero_map_uses_image_centre() -> None:
     mask[0, 0] = True  # centre (0.5, 0.5); image centre (4, 4)
     assert run("com_dist", torch.zeros(1, 8, 8), mask[None]).tolist() == pytest.approx([3.5 / 8])
     assert get_metric("com_dist").higher_is_better is False
+
+
+@pytest.mark.parametrize("bins", [256, 100, 2])
+def test_joint_histogram_iou_equals_thresholding_and_counting(bins: int) -> None:
+    from sycam.metrics.localisation import otsu_iou
+
+    g = torch.Generator().manual_seed(bins)
+    for trial in range(40):
+        maps = torch.rand(5, 13, 17, generator=g)
+        if trial % 3 == 1:
+            maps = (maps * 6).floor() / 6  # many pixels exactly on bin edges, and v = 1
+        maps[1] = 0.25  # constant: no split
+        maps[2, :4] = 1.0
+        masks = torch.rand(5, 13, 17, generator=g) > 0.6
+        masks[4] = False  # empty mask: NaN
+        thr = otsu_thresholds(maps, bins)
+        pred = (maps >= thr[:, None, None]).numpy()
+        m = masks.numpy()
+        inter, union = (pred & m).sum((1, 2)), (pred | m).sum((1, 2))
+        expected = np.where(m.sum((1, 2)) == 0, np.nan, inter / np.maximum(union, 1))
+        got = otsu_iou(maps, masks, bins).numpy()
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+        np.testing.assert_allclose(np.nan_to_num(got), np.nan_to_num(expected), rtol=0, atol=1e-7)
+
+
+def test_joint_histogram_notices_masks_changed_in_place() -> None:
+    from sycam.metrics.localisation import otsu_iou
+
+    maps = torch.linspace(0, 1, 64).view(1, 8, 8)
+    masks = torch.zeros(1, 8, 8, dtype=torch.bool)
+    masks[0, 4:] = True
+    first = otsu_iou(maps, masks)
+    masks[0, :4] = True  # same tensor, new contents: the cached offsets must not be reused
+    second = otsu_iou(maps, masks)
+    assert float(first) == pytest.approx(1.0) and float(second) == pytest.approx(0.5)

@@ -91,6 +91,16 @@ def test_value_key_ignores_float_noise_but_not_differences():
     assert value_key(x) == value_key(x * (1 + 1e-7))
     assert value_key(x) != value_key(x * 2)
     assert value_key(torch.tensor([float("nan")])) is None
+    assert value_key(torch.tensor([1.0, float("inf")])) is None
+    # one quantum (1e-5 of the largest magnitude) anywhere in a large value changes the key
+    big = torch.randn(16, 64, 7, 7)
+    keys = {value_key(big)}
+    for i in (0, 1234, big.numel() - 1):
+        moved = big.clone()
+        moved.view(-1)[i] += 3e-5 * float(big.abs().max())
+        keys.add(value_key(moved))
+    assert len(keys) == 4
+    assert value_key(big.clone()) == value_key(big)  # reproducible: fixed hash weights
 
 
 def test_enumerated_values_match_the_compiler():

@@ -16,6 +16,7 @@ import re
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
 
 from sycam.metrics.base import Metric, MetricInputs
 
@@ -23,6 +24,40 @@ from sycam.metrics.base import Metric, MetricInputs
 def _hi_precision(device: torch.device) -> torch.dtype:
     # float64 where the backend has it (MPS has not); used for histogram statistics
     return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _otsu_split(counts: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """Otsu on per-image histograms ``counts`` (B, bins) of ``n`` pixels each → (t*, has_split):
+    the last bin of class 0 and whether any split separates two non-empty classes."""
+    bins = counts.shape[1]
+    dt = _hi_precision(counts.device)
+    counts = counts.to(dt)
+    centres = (torch.arange(bins, dtype=dt, device=counts.device) + 0.5) / bins
+    c0 = counts.cumsum(1)[:, :-1]  # pixels in class 0 for splits t = 0 .. bins-2
+    s0 = (counts * centres).cumsum(1)[:, :-1]  # their sum of centres
+    s_all = (counts * centres).sum(1, keepdim=True)
+    c1 = n - c0
+    valid = (c0 > 0) & (c1 > 0)
+    # n²·σ_b² = (s0·n − s_all·c0)² / (c0·c1): the same maximiser, fewer divisions
+    num = (s0 * n - s_all * c0) ** 2
+    sb = torch.where(valid, num / (c0 * c1).clamp_min(1), torch.full_like(num, -1.0))
+    best, t = sb.max(dim=1)  # max() returns the first maximiser on ties
+    return t, best > 0
+
+
+def _bin_index(maps: Tensor, bins: int) -> Tensor:
+    """``floor(v·bins)`` per pixel as int32, for maps in [0, 1]: ``bins`` itself for v = 1 (callers
+    fold that slot into the last bin), 0 for tiny negatives (truncation is floor for v >= 0)."""
+    exact = bins & (bins - 1) == 0  # a power of two: v·bins is exact in float32
+    scaled = maps * bins if exact else maps.to(_hi_precision(maps.device)) * bins
+    return scaled.to(torch.int32)
+
+
+def _fold_top(counts: Tensor) -> Tensor:
+    """(..., bins + 1) counts → (..., bins): v = 1 belongs to the last bin."""
+    out = counts[..., :-1].clone()
+    out[..., -1] += counts[..., -1]
+    return out
 
 
 def otsu_thresholds(maps: Tensor, bins: int = 256) -> Tensor:
@@ -43,23 +78,56 @@ def otsu_thresholds(maps: Tensor, bins: int = 256) -> Tensor:
     if bins < 2:
         raise ValueError(f"otsu_thresholds: bins must be >= 2, got {bins}")
     b = maps.shape[0]
-    dt = _hi_precision(maps.device)
-    flat = maps.reshape(b, -1)
-    n = flat.shape[1]
-    idx = (flat.to(dt) * bins).floor().clamp_(0, bins - 1).long()
-    counts = torch.zeros(b, bins, dtype=dt, device=maps.device).scatter_add_(1, idx, torch.ones_like(idx, dtype=dt))
-    centres = (torch.arange(bins, dtype=dt, device=maps.device) + 0.5) / bins
-    c0 = counts.cumsum(1)[:, :-1]  # pixels in class 0 for splits t = 0 .. bins-2
-    s0 = (counts * centres).cumsum(1)[:, :-1]  # their sum of centres
-    s_all = (counts * centres).sum(1, keepdim=True)
-    c1 = n - c0
-    valid = (c0 > 0) & (c1 > 0)
-    # n²·σ_b² = (s0·n − s_all·c0)² / (c0·c1): the same maximiser, fewer divisions
-    num = (s0 * n - s_all * c0) ** 2
-    sb = torch.where(valid, num / (c0 * c1).clamp_min(1), torch.full_like(num, -1.0))
-    best, t = sb.max(dim=1)  # max() returns the first maximiser on ties
+    idx = _bin_index(maps.reshape(b, -1), bins)
+    idx.add_(torch.arange(b, device=maps.device, dtype=torch.int32)[:, None] * (bins + 1))
+    counts = _fold_top(torch.bincount(idx.flatten(), minlength=b * (bins + 1)).view(b, bins + 1))
+    t, split = _otsu_split(counts, idx.shape[1])
     thr = (t + 1).to(torch.float32) / bins
-    return torch.where(best > 0, thr, torch.zeros_like(thr))
+    return torch.where(split, thr, torch.zeros_like(thr))
+
+
+#: per masks tensor, its slot offsets: the same masks are scored against thousands of maps
+_OFFSETS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _joint_offsets(masks: Tensor, bins: int) -> Tensor:
+    """(B, H·W) int32 ``(bins+1)·(mask + 2·image)``: where a pixel's bin goes in the joint histogram."""
+    key = (masks._version, masks.data_ptr(), tuple(masks.shape), bins)
+    hit = _OFFSETS.get(masks)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    b = masks.shape[0]
+    slot = masks.reshape(b, -1).to(torch.int32) + 2 * torch.arange(b, device=masks.device, dtype=torch.int32)[:, None]
+    offsets = slot * (bins + 1)
+    _OFFSETS[masks] = (key, offsets)
+    return offsets
+
+
+def otsu_iou(maps: Tensor, masks: Tensor, bins: int = 256) -> Tensor:
+    """IoU of ``maps ≥ otsu_thresholds(maps)`` with ``masks``, from one joint histogram.
+
+    One ``bincount`` over (image, mask bit, bin) gives both the histogram Otsu needs and, for
+    every split, how many foreground pixels fall inside the mask: no full-size boolean maps, a
+    fraction of the passes (the search scores thousands of programs with it). Identical to
+    thresholding and counting: the threshold is a bin edge, and for power-of-two ``bins``
+    ``v ≥ (t+1)/bins ⟺ floor(v·bins) ≥ t+1`` exactly (otherwise the bins are computed in float64,
+    as :func:`otsu_thresholds` does). NaN where the mask is empty.
+    """
+    b = maps.shape[0]
+    n = maps[0].numel()
+    idx = _bin_index(maps.reshape(b, -1), bins)
+    idx.add_(_joint_offsets(masks, bins))
+    joint = _fold_top(torch.bincount(idx.flatten(), minlength=b * 2 * (bins + 1)).view(b, 2, bins + 1))
+    t, split = _otsu_split(joint.sum(1), n)
+    # foreground = bins > t*; without a split, everything is foreground
+    above = torch.arange(bins, device=maps.device)[None, :] > torch.where(split, t, torch.full_like(t, -1))[:, None]
+    inside = joint[:, 1]
+    mask_px = inside.sum(1)
+    inter = (inside * above).sum(1)
+    pred = (joint.sum(1) * above).sum(1)
+    union = pred + mask_px - inter
+    out = inter.float() / union.clamp_min(1).float()
+    return torch.where(mask_px == 0, torch.full_like(out, float("nan")), out)
 
 
 def _iou(pred: Tensor, masks: Tensor) -> Tensor:
@@ -94,9 +162,7 @@ class OtsuIoU(Metric):
         self.bins = bins
 
     def compute(self, inputs: MetricInputs) -> Tensor:
-        thr = otsu_thresholds(inputs.maps, self.bins)
-        pred = inputs.maps >= thr[:, None, None]
-        return _iou(pred, inputs.masks)  # type: ignore[arg-type]
+        return otsu_iou(inputs.maps, inputs.masks, self.bins)  # type: ignore[arg-type]
 
 
 class ThresholdIoU(Metric):
