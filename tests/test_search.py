@@ -116,3 +116,11 @@ def test_enumerated_values_match_the_compiler():
             torch.testing.assert_close(raw, entry.value)
             checked += 1
     assert checked > 10
+
+
+def test_hall_of_fame_shows_the_simplified_form_only_where_it_is_shorter():
+    from sycam.search.synthesize import _simplified
+
+    assert _simplified("A + A") == "2*A"
+    assert _simplified("norm(2 * relu(A))") == "norm(relu(A))"
+    assert _simplified("relu(sum_c(mean_hw(G) * A))") == ""  # only the operands' order would change

@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 from torch import Tensor, nn
 
 from experiments.bench.counting import count_passes
-from experiments.bench.peers import agreement, as_maps, chunk_variant, has_method, make_runner
+from experiments.bench.peers import agreement, as_maps, has_method, is_variant, make_runner
 from experiments.bench.timing import interleaved, ratio, summarize
 
 PEERS = ("pytorch-grad-cam", "torchcam", "captum")
@@ -74,10 +74,10 @@ def explain_throughput(
         result["speedup"][method] = {impl: ratio(times[f"{method}/{impl}"], mine) for impl in peers
                                      if f"{method}/{impl}" in times}
         # a sycam variant (a suggested change) against the real peers
-        for variant in [i for i in peers if chunk_variant(i) is not None and f"{method}/{i}" in times]:
+        for variant in [i for i in peers if is_variant(i) and f"{method}/{i}" in times]:
             result.setdefault("variant_speedup", {})[f"{method}/{variant}"] = {
                 impl: ratio(times[f"{method}/{impl}"], times[f"{method}/{variant}"]) for impl in peers
-                if chunk_variant(impl) is None and f"{method}/{impl}" in times}
+                if not is_variant(impl) and f"{method}/{impl}" in times}
         ref = firsts.get(f"{method}/sycam")
         for impl in peers:
             other = firsts.get(f"{method}/{impl}")

@@ -38,9 +38,19 @@ def chunk_variant(impl: str) -> tuple[int, bool] | None:
     return (int(m.group(1)), bool(m.group(2))) if m else None
 
 
+#: sycam with its masked forwards on the model itself (``SYCAM_FAST_FORWARD=0``), i.e. without the
+#: folded channels-last copy of sycam/_inference.py: what that copy is worth
+PLAIN = "sycam[plain]"
+
+
+def is_variant(impl: str) -> bool:
+    """Whether ``impl`` is sycam run differently (a variant measured beside sycam itself)."""
+    return impl == PLAIN or chunk_variant(impl) is not None
+
+
 def has_method(impl: str, method: str) -> bool:
-    """Whether ``impl`` implements ``method`` (the table above; ``sycam[chunk=N]`` is sycam)."""
-    if chunk_variant(impl) is not None:
+    """Whether ``impl`` implements ``method`` (the table above; a variant is sycam)."""
+    if is_variant(impl):
         impl = "sycam"
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"bench: unknown implementation {impl!r}; expected one of {', '.join(IMPLEMENTATIONS)}")
@@ -93,6 +103,26 @@ def sycam_runner(model: nn.Module, method: str, layer: str | None, x: Tensor, ta
 
     def run() -> Tensor:
         return explainer(x, targets)
+
+    return run
+
+
+def plain_runner(model: nn.Module, method: str, layer: str | None, x: Tensor, targets: Tensor) -> Runner:
+    """sycam's Explainer with ``SYCAM_FAST_FORWARD=0`` for the call (see :data:`PLAIN`)."""
+    import os
+
+    inner = sycam_runner(model, method, layer, x, targets)
+
+    def run() -> Tensor:
+        before = os.environ.get("SYCAM_FAST_FORWARD")
+        os.environ["SYCAM_FAST_FORWARD"] = "0"
+        try:
+            return inner()
+        finally:
+            if before is None:
+                del os.environ["SYCAM_FAST_FORWARD"]
+            else:
+                os.environ["SYCAM_FAST_FORWARD"] = before
 
     return run
 
@@ -203,6 +233,8 @@ def make_runner(impl: str, model: nn.Module, method: str, layer: str | list[str]
         return floor_runner(model, layer, x, targets)
     if not has_method(impl, method):
         raise ValueError(f"bench: {impl} has no {method!r}")
+    if impl == PLAIN:
+        return plain_runner(model, method, layer if isinstance(layer, str) or layer is None else None, x, targets)
     variant = chunk_variant(impl)
     if variant is not None:
         return sycam_chunk_runner(model, method, layer if isinstance(layer, str) or layer is None else None, x, targets,

@@ -27,7 +27,7 @@ from sycam.capture import CaptureRequest, Captures
 from sycam.compile import CompiledProgram
 from sycam.errors import ProgramRuntimeError, SycamError
 from sycam.lang import ast as A
-from sycam.lang.canon import canonical_hash
+from sycam.lang.canon import canonical_hash, canonical_text
 from sycam.lang.parse import grammar_hash, parse
 from sycam.lang.pretty import fmt_number, pretty
 from sycam.search.enumerate import Enumerator, map_key
@@ -152,6 +152,18 @@ class Row:
     train: dict[str, float] = field(default_factory=dict)
     val: dict[str, float] = field(default_factory=dict)
     test: dict[str, float] = field(default_factory=dict)
+    simplified: str = ""  # sympy's canonical form, where it reads differently (e.g. A + A -> 2*A)
+
+
+def _simplified(program: str) -> str:
+    """The canonical form as text where it says something the program does not (TPE samples
+    ``A + A``: ``2*A``); a mere reordering of operands (the same characters) is not shown."""
+    try:
+        text = canonical_text(parse(program))
+    except Exception:  # display only: a form sympy cannot render is simply not shown
+        return ""
+    same = sorted(text.replace(" ", "")) == sorted(program.replace(" ", ""))
+    return "" if same else text
 
 
 class Synthesis:
@@ -314,7 +326,8 @@ class Synthesis:
                 program = pretty(_with_defaults(parse(program), params))
             rows.append(Row(name=f"trial{t.number}", program=program, size=int(t.user_attrs["size"]),
                             source=str(source), params=params,
-                            train={m.name: v for m, v in zip(self.metrics, t.values)}))
+                            train={m.name: v for m, v in zip(self.metrics, t.values)},
+                            simplified=_simplified(program)))
         return rows
 
     def _select_and_report(self, study: optuna.Study, train: Workbench) -> dict:
@@ -374,10 +387,10 @@ class Synthesis:
         all_rows = rows + refs
         with open(out / "hall_of_fame.csv", "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["name", "source", "size"] + [f"{s}_{n}" for s in ("train", "val", "test") for n in names] + ["params", "program"])
+            w.writerow(["name", "source", "size"] + [f"{s}_{n}" for s in ("train", "val", "test") for n in names] + ["params", "program", "simplified"])
             for r in all_rows:
                 w.writerow([r.name, r.source, r.size] + [_fmt(getattr(r, s).get(n)) for s in ("train", "val", "test") for n in names]
-                           + [json.dumps(r.params), r.program.replace("\n", " ")])
+                           + [json.dumps(r.params), r.program.replace("\n", " "), r.simplified])
         (out / "hall_of_fame.json").write_text(json.dumps({"metrics": names, "rows": [asdict(r) for r in all_rows]}, indent=2))
         try:
             from sycam import viz
@@ -493,7 +506,7 @@ def format_hall(result: dict) -> str:
         if r is None:
             lines.append("-" * len(head))
             continue
-        text = r["program"].replace("\n", " ")
+        text = r["program"].replace("\n", " ") + (f"   (= {r['simplified']})" if r.get("simplified") else "")
         lines.append(f"{r['name']:<12} {r['size']:>4} {_fmt(r['train'].get(metric)):>8} {_fmt(r['val'].get(metric)):>8} "
                      f"{_fmt(r['test'].get(metric)):>8}  {text}")
     best, ref = result["best"], result["best_reference"]
