@@ -65,7 +65,7 @@ PLANS: dict[str, Plan] = {
         explain=[("resnet50", 1, 7), ("resnet50", 16, 5), ("mobilenet_v2", 1, 9), ("mobilenet_v2", 16, 7)],
         methods=_METHODS,
         scorecam=[("mobilenet_v2", 1, 3, (*_VARIANTS, *_PEERS))],
-        multilayer=("resnet50", 16, 3),
+        multilayer=("resnet50", 16, 5),
         search_model="mobilenet_v2", search_images=64, search_size=224, search_single=60, search_multi=20,
         search_rounds=3, search_naive=(3, 2),
         scale=[(1000, 64, "stream"), (10000, 64, "stream"), (1000, 256, "stream"), (1000, 64, "load")],
