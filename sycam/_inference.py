@@ -102,7 +102,9 @@ def fast_forward(model: nn.Module, inputs: Tensor, logits: Tensor) -> Callable[[
         return plain  # this batch disagrees (e.g. data-dependent behaviour the trace froze)
 
     def run(x: Tensor) -> Tensor:
-        return fast(_cl(x))
+        with torch.inference_mode():  # the copy is never differentiated: skip autograd's bookkeeping
+            out = fast(_cl(x))
+        return out.clone()  # a normal tensor again, usable outside inference mode
 
     return run
 

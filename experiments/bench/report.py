@@ -217,10 +217,10 @@ def _profile(p: dict[str, Any]) -> list[str]:
     if a:
         out += ["### Autograd memory of a Grad-CAM capture", "",
                 f"Tensors saved for the backward pass during one sycam Grad-CAM call ({e['model']} `{e['layer']}`, batch "
-                f"{a['batch']}; `torch.autograd.graph.saved_tensors_hooks`, deterministic): **{a['as_is_mib']:.0f} MiB** as "
-                f"sycam runs it (parameters require grad, so autograd records the whole forward) vs "
-                f"**{a['params_frozen_mib']:.1f} MiB** with `requires_grad` off on every parameter during capture "
-                "(the graph then starts at the hooked layer; same maps).", ""]
+                f"{a['batch']}; `torch.autograd.graph.saved_tensors_hooks`, deterministic): **{a['as_is_mib']:.1f} MiB** as "
+                f"sycam runs it vs **{a['params_frozen_mib']:.1f} MiB** with `requires_grad` switched off on every "
+                "parameter by the caller as well (capture freezes them itself since this session's change, so the two "
+                "agree; before it, autograd recorded the whole forward: 1409 MiB).", ""]
     pr = p.get("prototypes")
     if pr:
         k = pr["iou_kernel"]
