@@ -98,6 +98,30 @@ def test_killed_run_resumes_without_losing_scored_work(tmp_path):
 
 
 @pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path):
+    """A real SIGINT (Ctrl-C) mid-search: exit status 130, a one-line message instead of a
+    traceback, every scored program kept in the journal, and the same command picks them up."""
+    out = tmp_path / "run"
+    args = ["synthesize", "--metric", "iou", "--budget", "120", "--out", str(out), *SMALL]
+    proc = _cli(args)
+    journal = out / "enumerated.jsonl"
+    deadline = time.time() + 150
+    while time.time() < deadline and (not journal.exists() or len(journal.read_text().splitlines()) < 10):
+        time.sleep(0.5)
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "interrupted" in output and "Traceback" not in output, output
+    lines = journal.read_text().splitlines()
+    assert len(lines) >= 10 and all(line.strip().endswith("}") for line in lines)  # no torn line
+    again = _cli(["synthesize", "--metric", "iou", "--budget", "15", "--out", str(out), *SMALL])
+    output, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stats"]["from_journal"] >= len(lines), summary["stats"]
+
+
 def test_two_workers_share_one_sqlite_study(tmp_path):
     out = tmp_path / "shared"
     common = ["synthesize", "--metric", "iou", "--no-enumerate", "--study", "shared-study", "--out", str(out), *SMALL]
