@@ -74,15 +74,20 @@ def _study_trials(db: Path) -> list[tuple[int, str]]:
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_without_losing_scored_work(tmp_path):
-    out = tmp_path / "run"
-    args = ["synthesize", "--metric", "iou", "--budget", "120", "--out", str(out), *SMALL]
-    proc = _cli(args)
+def _search_until_journaled(out: Path, lines: int) -> tuple[subprocess.Popen, Path]:
+    """Start a long search into ``out``; return once its journal holds ``lines`` scored programs."""
+    proc = _cli(["synthesize", "--metric", "iou", "--budget", "120", "--out", str(out), *SMALL])
     journal = out / "enumerated.jsonl"
     deadline = time.time() + 150
-    while time.time() < deadline and (not journal.exists() or len(journal.read_text().splitlines()) < 15):
+    while time.time() < deadline and (not journal.exists() or len(journal.read_text().splitlines()) < lines):
         time.sleep(0.5)
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+    return proc, journal
+
+
+def test_killed_run_resumes_without_losing_scored_work(tmp_path):
+    out = tmp_path / "run"
+    proc, journal = _search_until_journaled(out, 15)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = [json.loads(line)["program"] for line in journal.read_text().splitlines() if line.strip().endswith("}")]
@@ -102,13 +107,7 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path):
     """A real SIGINT (Ctrl-C) mid-search: exit status 130, a one-line message instead of a
     traceback, every scored program kept in the journal, and the same command picks them up."""
     out = tmp_path / "run"
-    args = ["synthesize", "--metric", "iou", "--budget", "120", "--out", str(out), *SMALL]
-    proc = _cli(args)
-    journal = out / "enumerated.jsonl"
-    deadline = time.time() + 150
-    while time.time() < deadline and (not journal.exists() or len(journal.read_text().splitlines()) < 10):
-        time.sleep(0.5)
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+    proc, journal = _search_until_journaled(out, 10)
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, output
