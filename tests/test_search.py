@@ -124,3 +124,5 @@ def test_hall_of_fame_shows_the_simplified_form_only_where_it_is_shorter():
     assert _simplified("A + A") == "2*A"
     assert _simplified("norm(2 * relu(A))") == "norm(relu(A))"
     assert _simplified("relu(sum_c(mean_hw(G) * A))") == ""  # only the operands' order would change
+    # multi-layer programs: sympy's internal spelling of each/fuse is never shown
+    assert _simplified("fuse(each(convs, norm(relu(A) + relu(A))), mean)") == ""

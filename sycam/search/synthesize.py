@@ -156,14 +156,17 @@ class Row:
 
 
 def _simplified(program: str) -> str:
-    """The canonical form as text where it says something the program does not (TPE samples
-    ``A + A``: ``2*A``); a mere reordering of operands (the same characters) is not shown."""
+    """The canonical form as text where it reads better than the program (TPE samples ``A + A``:
+    ``2*A``): not for multi-layer programs (sympy spells each/fuse in its internal notation and
+    drops parameter defaults), not when longer, not for a mere reordering of operands."""
     try:
         text = canonical_text(parse(program))
     except Exception:  # display only: a form sympy cannot render is simply not shown
         return ""
-    same = sorted(text.replace(" ", "")) == sorted(program.replace(" ", ""))
-    return "" if same else text
+    compact, given = text.replace(" ", ""), program.replace(" ", "")
+    if "#" in text or "?" in text or len(compact) > len(given) or sorted(compact) == sorted(given):
+        return ""
+    return text
 
 
 class Synthesis:
