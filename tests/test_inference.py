@@ -149,3 +149,21 @@ def test_explainer_passes_its_masked_batch_to_score_cam() -> None:
     assert torch.allclose(a, b, atol=1e-6)
     with pytest.raises(ValueError, match="masked_batch must be a positive int"):
         Explainer(model, "scorecam", layers="block", masked_batch=0)
+
+
+def test_faithfulness_score_fn_uses_the_checked_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sycam.bench import Workbench
+    from sycam.data import open_dataset
+    from sycam.models.bundle import ModelBundle
+
+    model = _model()
+    bundle = ModelBundle(module=model, normalize=lambda x: x - 0.5, input_size=(10, 10), num_classes=4,
+                         default_layer="block", name="convbn", stage_layers=["block"])
+    wb = Workbench(bundle, open_dataset("builtin", split="val", size=32, limit=4), REQ, progress=False)
+    images, targets = torch.rand(5, 3, 10, 10), torch.tensor([0, 1, 2, 3, 0])
+    got = wb.score_fn()(images, targets)
+    assert _inference._CACHE[model].module is not None  # the copy was built and used
+    with torch.no_grad():
+        want = torch.softmax(model(images - 0.5), 1)[torch.arange(5), targets]
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert all(p.requires_grad for p in model.parameters()) and not model.training
