@@ -71,11 +71,12 @@ def _cl(x: Tensor) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
 
 
-def fast_forward(model: nn.Module, inputs: Tensor, logits: Tensor) -> Callable[[Tensor], Tensor]:
+def fast_forward(model: nn.Module, inputs: Tensor, logits: Tensor | None = None) -> Callable[[Tensor], Tensor]:
     """A function ``images -> logits`` equivalent to ``model`` in eval mode under no-grad.
 
     ``inputs``/``logits``: an unperturbed batch and the model's own logits on it, against which
-    the copy is checked. Falls back to ``model`` itself whenever the copy is unavailable or
+    the copy is checked; without ``logits`` the model is run on ``inputs`` here, and only when a
+    copy exists to check. Falls back to ``model`` itself whenever the copy is unavailable or
     disagrees. Call inside ``eval_mode(model)`` and ``no_grad``.
     """
     plain: Callable[[Tensor], Tensor] = model
@@ -89,6 +90,10 @@ def fast_forward(model: nn.Module, inputs: Tensor, logits: Tensor) -> Callable[[
     fast = entry.module
     if fast is None:
         return plain
+    if logits is None:
+        logits = model(inputs)
+        if not isinstance(logits, Tensor):  # not a classifier's logits: the caller's own checks report it
+            return plain
     try:
         check = fast(_cl(inputs))
     except Exception:

@@ -162,7 +162,7 @@ class Workbench:
             with torch.no_grad(), eval_mode(module):
                 x = normalize(images01)
                 # the folded channels-last copy, checked against the model on this call's first image
-                forward = fast_forward(module, x[:1], module(x[:1])) if len(x) > 1 else module
+                forward = fast_forward(module, x[:1]) if len(x) > 1 else module
                 probs = torch.softmax(forward(x), dim=1)
             return probs.gather(1, targets.view(-1, 1))[:, 0]
 
