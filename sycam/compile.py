@@ -256,7 +256,6 @@ class CompiledProgram:
             return K.along_layers(per_value, x)
         return K.lift(per_value, x)
 
-
     def _weighted_channels(self, kind: str, prod: A.BinOp, layer: str | None, ctx: _Ctx) -> K.Value | None:
         """``sum_c(w * T)`` / ``mean_c(w * T)`` with w Channels (B, C) and T a Tensor (B, C, h, w),
         as one batched matrix product instead of materialising ``w * T`` (Grad-CAM's own shape;

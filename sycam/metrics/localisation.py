@@ -46,15 +46,20 @@ def _otsu_split(counts: Tensor, n: int) -> tuple[Tensor, Tensor]:
 
 
 def _bin_index(maps: Tensor, bins: int) -> Tensor:
-    """``floor(v·bins)`` per pixel as int32, for maps in [0, 1]: ``bins`` itself for v = 1 (callers
-    fold that slot into the last bin), 0 for tiny negatives (truncation is floor for v >= 0)."""
+    """``floor(v·bins)`` per pixel as int32, for maps in [0, 1]: ``bins`` itself for v = 1 (see
+    :func:`_histograms`), 0 for tiny negatives (truncation is floor for v >= 0)."""
     exact = bins & (bins - 1) == 0  # a power of two: v·bins is exact in float32
     scaled = maps * bins if exact else maps.to(_hi_precision(maps.device)) * bins
     return scaled.to(torch.int32)
 
 
-def _fold_top(counts: Tensor) -> Tensor:
-    """(..., bins + 1) counts → (..., bins): v = 1 belongs to the last bin."""
+def _histograms(maps: Tensor, offsets: Tensor, slots: int, bins: int) -> Tensor:
+    """Per-image histograms of maps (B, N) in [0, 1] in one ``bincount``: ``offsets`` (B, N) or
+    (B, 1) int32 are multiples of ``bins + 1`` that send each pixel to one of ``slots`` histograms
+    per image → (B, slots, bins). The extra slot per histogram holds v = 1, folded into the last bin."""
+    b = maps.shape[0]
+    idx = _bin_index(maps, bins).add_(offsets)
+    counts = torch.bincount(idx.flatten(), minlength=b * slots * (bins + 1)).view(b, slots, bins + 1)
     out = counts[..., :-1].clone()
     out[..., -1] += counts[..., -1]
     return out
@@ -78,10 +83,9 @@ def otsu_thresholds(maps: Tensor, bins: int = 256) -> Tensor:
     if bins < 2:
         raise ValueError(f"otsu_thresholds: bins must be >= 2, got {bins}")
     b = maps.shape[0]
-    idx = _bin_index(maps.reshape(b, -1), bins)
-    idx.add_(torch.arange(b, device=maps.device, dtype=torch.int32)[:, None] * (bins + 1))
-    counts = _fold_top(torch.bincount(idx.flatten(), minlength=b * (bins + 1)).view(b, bins + 1))
-    t, split = _otsu_split(counts, idx.shape[1])
+    image = torch.arange(b, device=maps.device, dtype=torch.int32)[:, None] * (bins + 1)
+    counts = _histograms(maps.reshape(b, -1), image, 1, bins)[:, 0]
+    t, split = _otsu_split(counts, maps[0].numel())
     thr = (t + 1).to(torch.float32) / bins
     return torch.where(split, thr, torch.zeros_like(thr))
 
@@ -114,11 +118,8 @@ def otsu_iou(maps: Tensor, masks: Tensor, bins: int = 256) -> Tensor:
     as :func:`otsu_thresholds` does). NaN where the mask is empty.
     """
     b = maps.shape[0]
-    n = maps[0].numel()
-    idx = _bin_index(maps.reshape(b, -1), bins)
-    idx.add_(_joint_offsets(masks, bins))
-    joint = _fold_top(torch.bincount(idx.flatten(), minlength=b * 2 * (bins + 1)).view(b, 2, bins + 1))
-    t, split = _otsu_split(joint.sum(1), n)
+    joint = _histograms(maps.reshape(b, -1), _joint_offsets(masks, bins), 2, bins)
+    t, split = _otsu_split(joint.sum(1), maps[0].numel())
     # foreground = bins > t*; without a split, everything is foreground
     above = torch.arange(bins, device=maps.device)[None, :] > torch.where(split, t, torch.full_like(t, -1))[:, None]
     inside = joint[:, 1]
