@@ -12,7 +12,6 @@ captum, so that every contender delivers the same thing.
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Callable
 
 import numpy as np
@@ -31,13 +30,6 @@ IMPLEMENTATIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def chunk_variant(impl: str) -> tuple[int, bool] | None:
-    """``(chunk, channels_last)`` of a variant name ``sycam[chunk=N]`` or
-    ``sycam[chunk=N,channels_last]``, else None."""
-    m = re.fullmatch(r"sycam\[chunk=(\d+)(,channels_last)?\]", impl)
-    return (int(m.group(1)), bool(m.group(2))) if m else None
-
-
 #: sycam with its masked forwards on the model itself (``SYCAM_FAST_FORWARD=0``), i.e. without the
 #: folded channels-last copy of sycam/_inference.py: what that copy is worth
 PLAIN = "sycam[plain]"
@@ -45,7 +37,7 @@ PLAIN = "sycam[plain]"
 
 def is_variant(impl: str) -> bool:
     """Whether ``impl`` is sycam run differently (a variant measured beside sycam itself)."""
-    return impl == PLAIN or chunk_variant(impl) is not None
+    return impl == PLAIN
 
 
 def has_method(impl: str, method: str) -> bool:
@@ -127,43 +119,6 @@ def plain_runner(model: nn.Module, method: str, layer: str | None, x: Tensor, ta
     return run
 
 
-class ChannelsLast(nn.Module):
-    """Runs ``inner`` on its input converted to ``torch.channels_last`` (same values; oneDNN
-    picks its faster NHWC convolutions on CPU). The weights are not touched."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``inner(x)`` with ``x`` in channels-last memory format."""
-        return self.inner(x.contiguous(memory_format=torch.channels_last))
-
-
-def sycam_chunk_runner(model: nn.Module, method: str, layer: str | None, x: Tensor, targets: Tensor, chunk: int,
-                       channels_last: bool = False) -> Runner:
-    """sycam with the capture's extra forwards (Score-CAM's masked images, Ablation-CAM's ablated
-    ones) in chunks of ``chunk`` instead of :func:`sycam.capture.capture`'s default — what
-    :meth:`Explainer.__call__` does for one chunk of images, with ``chunk_size`` passed through
-    (the Explainer does not expose it) — and, with ``channels_last``, every forward's input in
-    channels-last format (the model wrapped in :class:`ChannelsLast`). Suggested changes,
-    measured beside sycam as it is."""
-    from sycam import Explainer
-    from sycam.capture import capture
-
-    if chunk < 1:
-        raise ValueError(f"bench: chunk must be >= 1, got {chunk}")
-    net: nn.Module = ChannelsLast(model) if channels_last else model
-    name = (f"inner.{layer}" if layer is not None else None) if channels_last else layer
-    explainer = Explainer(net, method, layers=name)
-
-    def run() -> Tensor:
-        caps = capture(net, x, targets, explainer.request, chunk_size=chunk)
-        return explainer.compiled(caps, explainer.params)
-
-    return run
-
-
 def pgc_runner(model: nn.Module, method: str, layers: str | list[str], x: Tensor, targets: Tensor) -> Runner:
     """pytorch-grad-cam (``grad-cam`` on PyPI): ``GradCAM`` & co. with ``ClassifierOutputTarget``s.
 
@@ -225,8 +180,8 @@ def captum_runner(model: nn.Module, method: str, layer: str, x: Tensor, targets:
 
 def make_runner(impl: str, model: nn.Module, method: str, layer: str | list[str] | None, x: Tensor,
                 targets: Tensor) -> Runner:
-    """The runner of ``impl`` (``sycam``, ``sycam[chunk=N]``, ``sycam[chunk=N,channels_last]``,
-    ``pytorch-grad-cam``, ``torchcam``, ``captum`` or ``floor``)."""
+    """The runner of ``impl`` (``sycam``, ``sycam[plain]``, ``pytorch-grad-cam``, ``torchcam``,
+    ``captum`` or ``floor``)."""
     if impl == "floor":
         if layer is None:
             raise ValueError("bench: the floor needs explicit layer names")
@@ -235,10 +190,6 @@ def make_runner(impl: str, model: nn.Module, method: str, layer: str | list[str]
         raise ValueError(f"bench: {impl} has no {method!r}")
     if impl == PLAIN:
         return plain_runner(model, method, layer if isinstance(layer, str) or layer is None else None, x, targets)
-    variant = chunk_variant(impl)
-    if variant is not None:
-        return sycam_chunk_runner(model, method, layer if isinstance(layer, str) or layer is None else None, x, targets,
-                                  variant[0], channels_last=variant[1])
     if impl == "sycam":
         return sycam_runner(model, method, layer if isinstance(layer, str) or layer is None else None, x, targets)
     if layer is None:

@@ -105,11 +105,8 @@ def _explain(results: list[dict[str, Any]], title: str) -> list[str]:
         out += _table(["method", "implementation", "median s", "min–max s", "images/s",
                        "peer/sycam time (paired range)", "agreement r", "fwd calls / images / bwd / param grads"], rows)
         for key, vs in r.get("variant_speedup", {}).items():
-            name = key.split('/', 1)[1]
-            what = ("sycam with its masked forwards on the model itself (SYCAM_FAST_FORWARD=0), not on the folded "
-                    "channels-last copy" if name == "sycam[plain]" else
-                    "capture's `chunk_size` for the masked forwards; channels_last: every forward's input in channels-last format")
-            out.append(f"Variant `{name}` ({what}): " + "; ".join(f"{impl} / it: {_ratio(v)}" for impl, v in vs.items()) + ".")
+            out.append(f"Variant `{key.split('/', 1)[1]}` (sycam with its masked forwards on the model itself "
+                       "(SYCAM_FAST_FORWARD=0), not on the folded channels-last copy): " + "; ".join(f"{impl} / it: {_ratio(v)}" for impl, v in vs.items()) + ".")
             out.append("")
         cost = r.get("forward_cost")
         if cost:

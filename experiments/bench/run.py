@@ -55,8 +55,8 @@ class Plan:
 _METHODS = ("gradcam", "gradcampp", "layercam")
 _PEERS = ("pytorch-grad-cam", "torchcam")
 # sycam's Score-CAM without its folded channels-last copy for the masked forwards (the model itself,
-# as before that change), timed beside it. The earlier variants sycam[chunk=8] (adopted in 2ad7035)
-# and sycam[chunk=8,channels_last] (superseded by the copy) remain available by name.
+# as before that change), timed beside it. (The earlier variants sycam[chunk=8], adopted in 2ad7035,
+# and sycam[chunk=8,channels_last], superseded by the copy, were removed.)
 _VARIANTS = ("sycam[plain]",)
 
 PLANS: dict[str, Plan] = {
