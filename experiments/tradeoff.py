@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sycam.bench import merge_requests
+from sycam.workbench import merge_requests
 from sycam.compile import CompiledProgram
 from sycam.lang import parse
 from sycam.metrics import get_metric

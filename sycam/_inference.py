@@ -5,7 +5,7 @@ only reads the logits. Those forwards can run on a copy of the model whose eval-
 are folded into the preceding convolutions (``w' = w·γ/√(σ²+ε)``, ``b' = (b−μ)·γ/√(σ²+ε) + β``)
 and whose weights and inputs are channels-last, the layout oneDNN's CPU convolutions prefer.
 On a 2-core CPU this made MobileNetV2's masked forwards 2.4–2.6× faster than plain NCHW
-(experiments/bench/notes.md). The user's model is never touched: the copy is built once per model
+(experiments/timing/notes.md). The user's model is never touched: the copy is built once per model
 (and again when its weights change, e.g. after a training step) and kept in a weak-keyed cache,
 so it dies with the model.
 

@@ -30,7 +30,7 @@ def frozen_parameters(module: nn.Module) -> Iterator[nn.Module]:
     A CAM needs gradients with respect to activations, never weights. With the weights frozen,
     autograd no longer records the forward up to the first hooked layer nor keeps the inputs of
     every later convolution for a weight gradient: on ResNet-50 at batch 16 the tensors saved for
-    backward go from 1409 MiB to 7.9 MiB (experiments/bench/notes.md).
+    backward go from 1409 MiB to 7.9 MiB (experiments/timing/notes.md).
     """
     params = [p for p in module.parameters() if p.requires_grad]
     for p in params:

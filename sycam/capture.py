@@ -343,7 +343,7 @@ def capture(
     """See :func:`_capture`; every failure on bad input is a :class:`~sycam.errors.CaptureError`.
 
     ``chunk_size``: images per extra forward of Score-CAM/Ablation-CAM; by default 8 on CPU (the
-    fastest per image in experiments/bench: larger batches fall out of cache) and 64 on GPUs.
+    fastest per image in experiments/timing: larger batches fall out of cache) and 64 on GPUs.
     """
     if chunk_size is None:
         chunk_size = 8 if getattr(inputs, "device", torch.device("cpu")).type == "cpu" else 64

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sycam.bench import Workbench, merge_requests
+from sycam.workbench import Workbench, merge_requests
 from sycam.capture import CaptureRequest, Captures, capture
 from sycam.compile import CompiledProgram, LayerResolver
 from sycam.data.base import Batch, Dataset
@@ -640,7 +640,7 @@ def evaluate(
     ``batch_size`` images are streamed through :meth:`Workbench.iter_batches` (one capture per
     batch for the merged request of every program that explains the same score; each further
     score, e.g. Finer-CAM's, adds one capture of its own). ``targets``: ``auto|label|pred|imagenet``
-    (see :func:`sycam.bench.target_mode`). ``params``: ``?param`` overrides per method label.
+    (see :func:`sycam.workbench.target_mode`). ``params``: ``?param`` overrides per method label.
 
     With ``out`` the per-image values are saved after every batch under ``out/partial`` and the
     run resumes from them (``fresh`` discards them); at the end ``results.{csv,json,md}``,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-import sycam.bench
+import sycam.workbench
 import sycam.evaluate as E
 from sycam.cli import main
 from sycam.data.base import Sample
@@ -93,7 +93,7 @@ def run(n: int = 10, methods=("gradcam", "layercam", "random"), metrics=FAST, ou
 def count_captures(monkeypatch):
     """Count capture() calls made through the workbench and by evaluate itself."""
     calls = {"bench": 0, "evaluate": 0}
-    real = sycam.bench.capture
+    real = sycam.workbench.capture
 
     def counted(where):
         def fn(*args, **kwargs):
@@ -101,7 +101,7 @@ def count_captures(monkeypatch):
             return real(*args, **kwargs)
         return fn
 
-    monkeypatch.setattr(sycam.bench, "capture", counted("bench"))
+    monkeypatch.setattr(sycam.workbench, "capture", counted("bench"))
     monkeypatch.setattr(E, "capture", counted("evaluate"))
     return calls
 
@@ -220,7 +220,7 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, monkeypatch):
     methods = ("gradcam", "winsorcam", "random")
     full = run(10, methods=methods, out=tmp_path / "full", batch_size=3)
 
-    real = sycam.bench.capture
+    real = sycam.workbench.capture
     calls = {"n": 0}
 
     def dies_on_third(*args, **kwargs):
@@ -229,7 +229,7 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # SIGINT during batch 3
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sycam.bench, "capture", dies_on_third)
+    monkeypatch.setattr(sycam.workbench, "capture", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
         run(10, methods=methods, out=tmp_path / "cut", batch_size=3)
     saved = sorted(p.name for p in (tmp_path / "cut" / "partial").glob("*.npz"))

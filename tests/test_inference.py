@@ -152,7 +152,7 @@ def test_explainer_passes_its_masked_batch_to_score_cam() -> None:
 
 
 def test_faithfulness_score_fn_uses_the_checked_copy(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sycam.bench import Workbench
+    from sycam.workbench import Workbench
     from sycam.data import open_dataset
     from sycam.models.bundle import ModelBundle
 

@@ -63,7 +63,7 @@ class Metric(ABC):
         ``validate=False`` skips the input checks, for callers whose maps come from sycam's own
         compiler (finite, normalised to [0, 1]) and whose masks come from a sycam dataset: the
         search scores thousands of programs on the same batches, and re-checking them cost 12% of
-        its time (experiments/bench/notes.md).
+        its time (experiments/timing/notes.md).
         """
         if validate:
             validate_inputs(inputs, self.name, self.needs)

@@ -22,7 +22,7 @@ import optuna
 import torch
 from tqdm.auto import tqdm
 
-from sycam.bench import Workbench, mean_score, merge_requests, score_streaming
+from sycam.workbench import Workbench, mean_score, merge_requests, score_streaming
 from sycam.capture import CaptureRequest, Captures
 from sycam.compile import CompiledProgram
 from sycam.errors import ProgramRuntimeError, SycamError

@@ -8,8 +8,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from experiments.bench.timing import summarize, sync
-from sycam.bench import Workbench, merge_requests
+from experiments.timing.timing import summarize, sync
+from sycam.workbench import Workbench, merge_requests
 from sycam.capture import capture
 from sycam.compile import CompiledProgram
 from sycam.data.base import Dataset
@@ -80,7 +80,7 @@ def _score_all(bench: Workbench, compiled: Sequence[CompiledProgram], metric: Me
 
 def prepare_bench(bundle: ModelBundle, dataset: Dataset, programs: Sequence[A.Program], batch_size: int = 32,
                   targets: str = "auto", device: torch.device | None = None) -> tuple[Workbench, float]:
-    """A :class:`~sycam.bench.Workbench` holding the captures of ``dataset`` for the union of the
+    """A :class:`~sycam.workbench.Workbench` holding the captures of ``dataset`` for the union of the
     programs' requests, and the seconds the capture took."""
     device = device or next(bundle.module.parameters()).device
     request = merge_requests([CompiledProgram(p, _resolver(bundle)).request for p in programs])

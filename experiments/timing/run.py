@@ -1,4 +1,4 @@
-"""The one entry point: ``python -m experiments.bench.run [--quick] [--device D] [--threads N]``.
+"""The one entry point: ``python -m experiments.timing.run [--quick] [--device D] [--threads N]``.
 
 Runs the sections (explain, scorecam, multilayer, search, scale, profile), prints progress to
 stderr, and writes ``report.json`` (every number) and ``report.md`` (tables, targets met or
@@ -119,7 +119,7 @@ class Log:
 
     def __call__(self, msg: str) -> None:
         if not self.quiet:
-            from experiments.bench.timing import loadavg
+            from experiments.timing.timing import loadavg
 
             print(f"[{time.perf_counter() - self.t0:7.1f} s | load {loadavg()[0]:.2f}] {msg}", file=sys.stderr, flush=True)
 
@@ -129,8 +129,8 @@ class Log:
 
 def section_explain(plan: Plan, device: torch.device, log: Log) -> list[dict[str, Any]]:
     """Section 1 (gradient methods): every model x batch of the plan."""
-    from experiments.bench.explain import PEERS, explain_throughput
-    from experiments.bench.models import build_model, make_inputs
+    from experiments.timing.explain import PEERS, explain_throughput
+    from experiments.timing.models import build_model, make_inputs
 
     out = []
     models: dict[str, Any] = {}
@@ -148,8 +148,8 @@ def section_explain(plan: Plan, device: torch.device, log: Log) -> list[dict[str
 
 def section_scorecam(plan: Plan, device: torch.device, log: Log) -> list[dict[str, Any]]:
     """Section 1 (Score-CAM): batch 1, few rounds, no warm-up (each call is thousands of forwards)."""
-    from experiments.bench.explain import explain_throughput
-    from experiments.bench.models import build_model, make_inputs
+    from experiments.timing.explain import explain_throughput
+    from experiments.timing.models import build_model, make_inputs
 
     out = []
     for name, batch, rounds, peers in plan.scorecam:
@@ -169,7 +169,7 @@ def section_scorecam(plan: Plan, device: torch.device, log: Log) -> list[dict[st
 def forward_cost(model: torch.nn.Module, size: int, device: torch.device, batches: Sequence[int], rounds: int) -> dict[str, Any]:
     """Seconds per image of a no-grad forward at each batch size (what Score-CAM's chunk size
     buys), in NCHW and channels-last input format, interleaved."""
-    from experiments.bench.timing import interleaved, summarize
+    from experiments.timing.timing import interleaved, summarize
 
     g = torch.Generator().manual_seed(0)
     inputs = {b: torch.randn(b, 3, size, size, generator=g).to(device) for b in batches}
@@ -203,9 +203,9 @@ def layer_channels(model: torch.nn.Module, layer: str, x: torch.Tensor) -> int:
 
 def section_multilayer(plan: Plan, device: torch.device, log: Log, threads: int) -> dict[str, Any]:
     """Section 2: Winsor-CAM over every conv vs pytorch-grad-cam with the same layers."""
-    from experiments.bench.explain import multilayer
-    from experiments.bench.memprobe import probe_main, run_probe
-    from experiments.bench.models import build_model, conv_names, make_inputs
+    from experiments.timing.explain import multilayer
+    from experiments.timing.memprobe import probe_main, run_probe
+    from experiments.timing.models import build_model, conv_names, make_inputs
 
     name, batch, rounds = plan.multilayer
     model, _, weights = build_model(name, device)
@@ -228,7 +228,7 @@ def section_multilayer(plan: Plan, device: torch.device, log: Log, threads: int)
 
 
 def _search_setup(plan: Plan, device: torch.device) -> tuple[Any, Any, str, str, str]:
-    from experiments.bench.models import IMAGENET_DEV, MOBILENET_WEIGHTS, tiny_bundle
+    from experiments.timing.models import IMAGENET_DEV, MOBILENET_WEIGHTS, tiny_bundle
     from sycam.data import open_dataset
     from sycam.models import load_model
 
@@ -246,7 +246,7 @@ def _search_setup(plan: Plan, device: torch.device) -> tuple[Any, Any, str, str,
 
 def section_search(plan: Plan, device: torch.device, log: Log, keep: dict[str, Any]) -> dict[str, Any]:
     """Section 3: candidates per second on cached captures vs the naive loop."""
-    from experiments.bench.search import prepare_bench, sample_programs, search_throughput
+    from experiments.timing.search import prepare_bench, sample_programs, search_throughput
     from sycam.metrics import get_metric
 
     bundle, ds, targets, data, weights = _search_setup(plan, device)
@@ -272,7 +272,7 @@ def section_search(plan: Plan, device: torch.device, log: Log, keep: dict[str, A
 
 def section_scale(plan: Plan, device: torch.device, log: Log, threads: int) -> list[dict[str, Any]]:
     """Section 4: peak RSS of streaming a program + metric over growing sets (one subprocess each)."""
-    from experiments.bench.memprobe import probe_main, run_probe
+    from experiments.timing.memprobe import probe_main, run_probe
 
     out = []
     for n, batch, mode in plan.scale:
@@ -288,10 +288,10 @@ def section_scale(plan: Plan, device: torch.device, log: Log, threads: int) -> l
 
 def section_profile(plan: Plan, device: torch.device, log: Log, keep: dict[str, Any]) -> dict[str, Any]:
     """Section 5: profiles of Grad-CAM explain and of search scoring."""
-    from experiments.bench.models import build_model, make_inputs
-    from experiments.bench.peers import make_runner
-    from experiments.bench.profiling import op_profile, python_profile
-    from experiments.bench.search import prepare_bench, sample_programs, score_programs_once
+    from experiments.timing.models import build_model, make_inputs
+    from experiments.timing.peers import make_runner
+    from experiments.timing.profiling import op_profile, python_profile
+    from experiments.timing.search import prepare_bench, sample_programs, score_programs_once
 
     name, batch = plan.profile
     model, layer, _ = build_model(name, device)
@@ -355,8 +355,8 @@ def autograd_saved(model: torch.nn.Module, layer: str, x: torch.Tensor, targets:
 def prototypes(bench: Any, programs: Sequence[Any], metric: Any, device: torch.device, rounds: int) -> dict[str, Any]:
     """Measure the suggested search-scoring changes beside sycam's code on the cached batches:
     the joint-histogram Otsu IoU (exact) and scoring at reduced resolution (approximate)."""
-    from experiments.bench.prototypes import joint_histogram_iou, reduced_resolution_iou, spearman
-    from experiments.bench.timing import interleaved, ratio, summarize
+    from experiments.timing.prototypes import joint_histogram_iou, reduced_resolution_iou, spearman
+    from experiments.timing.timing import interleaved, ratio, summarize
     from sycam.errors import ProgramRuntimeError
     from sycam.metrics import MetricInputs
 
@@ -466,7 +466,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.bench.run", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m experiments.timing.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="fewer repeats, smaller sets (about half the time)")
@@ -479,7 +479,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--scorecam-resnet", action="store_true",
                    help="also time Score-CAM on ResNet-50 layer4 (2048 forwards per image: ~10 min per contender on 1 CPU thread)")
-    p.add_argument("--out", default=str(HERE), help="folder for report.json and report.md (default: experiments/bench)")
+    p.add_argument("--out", default=str(HERE), help="folder for report.json and report.md (default: experiments/timing)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--render-only", action="store_true",
                    help="measure nothing: re-render report.md from --out's report.json and notes.md (after editing notes)")
@@ -494,8 +494,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the suite; write ``report.json`` and ``report.md`` into ``--out``; return the results."""
-    from experiments.bench.report import render
-    from experiments.bench.timing import environment, loadavg
+    from experiments.timing.report import render
+    from experiments.timing.timing import environment, loadavg
 
     args = parse_args(argv)
     if args.render_only:
@@ -509,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     log = Log(args.quiet)
     started = datetime.datetime.now().astimezone()
     results: dict[str, Any] = {
-        "meta": {"command": "python -m experiments.bench.run " + " ".join(sys.argv[1:] if argv is None else argv),
+        "meta": {"command": "python -m experiments.timing.run " + " ".join(sys.argv[1:] if argv is None else argv),
                  "plan": asdict(plan), "started": started.isoformat(timespec="seconds"), "sections": sections,
                  "environment": environment(device), "loadavg": {"start": loadavg()}},
     }
@@ -546,7 +546,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def rerender(out_dir: Path) -> dict[str, Any]:
     """Re-render ``report.md`` from ``out_dir/report.json`` and this folder's ``notes.md``."""
-    from experiments.bench.report import render
+    from experiments.timing.report import render
 
     path = out_dir / "report.json"
     if not path.is_file():

@@ -1,4 +1,4 @@
-"""Peak memory of one measurement, in a fresh process: ``python -m experiments.bench.memprobe JSON``.
+"""Peak memory of one measurement, in a fresh process: ``python -m experiments.timing.memprobe JSON``.
 
 Each measurement runs in its own interpreter so that its peak resident set size is its own and not
 a leftover of an earlier measurement. The peak is the kernel's high-water mark of the process's
@@ -16,7 +16,7 @@ Tasks (the JSON's ``task``):
 - ``explain``: one call of an explainer runner (``impl``, ``method``, ``layers`` = a module
   name or ``"convs"``) on ``batch`` images of ``size`` px for ``model``;
 - ``scale``: a program and a metric streamed over ``n`` images of the built-in benchmark with
-  :meth:`sycam.bench.Workbench.iter_batches` (``mode="stream"``), or with ``load()`` followed by
+  :meth:`sycam.workbench.Workbench.iter_batches` (``mode="stream"``), or with ``load()`` followed by
   scoring (``mode="load"``, the contrast that keeps every capture); the current RSS is sampled
   after every batch (``/proc/self/statm``).
 """
@@ -77,8 +77,8 @@ def current_rss_mb() -> float:
 
 
 def _explain(spec: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    from experiments.bench.models import build_model, conv_names, make_inputs
-    from experiments.bench.peers import make_runner
+    from experiments.timing.models import build_model, conv_names, make_inputs
+    from experiments.timing.peers import make_runner
 
     model, default, _ = build_model(spec["model"], device)
     x, targets, _ = make_inputs(int(spec["batch"]), int(spec["size"]), device, real=bool(spec.get("real_inputs", True)))
@@ -99,8 +99,8 @@ def _explain(spec: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def _scale(spec: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    from experiments.bench.models import builtin_bundle, tiny_bundle
-    from sycam.bench import CachedBatch, Workbench
+    from experiments.timing.models import builtin_bundle, tiny_bundle
+    from sycam.workbench import CachedBatch, Workbench
     from sycam.compile import CompiledProgram, LayerResolver
     from sycam.data import open_dataset
     from sycam.explainer import as_program
@@ -166,12 +166,12 @@ def probe_main(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run_probe(spec: dict[str, Any], timeout: float = 1800.0) -> dict[str, Any]:
     """Run :func:`probe_main` for ``spec`` in a fresh interpreter; raise with its stderr on failure."""
-    from experiments.bench.models import ROOT
+    from experiments.timing.models import ROOT
 
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("TQDM_DISABLE", "1")
-    proc = subprocess.run([sys.executable, "-m", "experiments.bench.memprobe", json.dumps(spec)], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "experiments.timing.memprobe", json.dumps(spec)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(PREFIX)]
     if proc.returncode != 0 or not lines:
@@ -182,6 +182,6 @@ def run_probe(spec: dict[str, Any], timeout: float = 1800.0) -> dict[str, Any]:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m experiments.bench.memprobe '<json spec>'")
+        sys.exit("usage: python -m experiments.timing.memprobe '<json spec>'")
     result = probe_main(json.loads(sys.argv[1]))
     print(PREFIX + json.dumps(result), flush=True)

@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark suite (experiments/bench): every code path on a tiny CNN and tiny
+"""Smoke test of the benchmark suite (experiments/timing): every code path on a tiny CNN and tiny
 sizes, asserting structure and exact counts, never timings."""
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # experiments/ is not an installed package
     sys.path.insert(0, str(ROOT))
 
-from experiments.bench import run as bench_run  # noqa: E402
-from experiments.bench.counting import count_passes  # noqa: E402
-from experiments.bench.models import TinyNet, make_inputs  # noqa: E402
-from experiments.bench.peers import agreement, make_runner  # noqa: E402
-from experiments.bench.search import sample_programs  # noqa: E402
-from experiments.bench.timing import interleaved, ratio, summarize  # noqa: E402
+from experiments.timing import run as bench_run  # noqa: E402
+from experiments.timing.counting import count_passes  # noqa: E402
+from experiments.timing.models import TinyNet, make_inputs  # noqa: E402
+from experiments.timing.peers import agreement, make_runner  # noqa: E402
+from experiments.timing.search import sample_programs  # noqa: E402
+from experiments.timing.timing import interleaved, ratio, summarize  # noqa: E402
 from sycam.lang import ast as A  # noqa: E402
 
 
@@ -153,7 +153,7 @@ def test_tiny_suite_end_to_end(tmp_path: Path) -> None:
 
 
 def test_memprobe_subprocess_reports_its_peak() -> None:
-    from experiments.bench.memprobe import run_probe
+    from experiments.timing.memprobe import run_probe
 
     out = run_probe({"task": "explain", "model": "tiny", "impl": "sycam", "method": "gradcam", "batch": 2, "size": 32,
                      "real_inputs": False})

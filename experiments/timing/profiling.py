@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from experiments.bench.timing import sync
+from experiments.timing.timing import sync
 
 
 def op_profile(fn: Callable[[], Any], device: torch.device, top: int = 12) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from sycam.models.bundle import ModelBundle
 
-#: the repository root (experiments/bench/models.py -> parents[2]) and the shared folder beside it
+#: the repository root (experiments/timing/models.py -> parents[2]) and the shared folder beside it
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
 MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2-b0353104.pth"

@@ -1,7 +1,7 @@
 """sycam's performance benchmark suite: sycam side by side with its peers, in one run.
 
-Entry point: ``python -m experiments.bench.run [--quick] [--device cpu|cuda] [--threads N]``
-(see ``experiments/bench/README.md``). Every figure is a median over interleaved repeats, with
+Entry point: ``python -m experiments.timing.run [--quick] [--device cpu|cuda] [--threads N]``
+(see ``experiments/timing/README.md``). Every figure is a median over interleaved repeats, with
 min and max, and every comparison is a ratio of timings taken in the same run, so that a loaded,
 shared machine slows every contender alike. Sections:
 

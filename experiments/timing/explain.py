@@ -6,9 +6,9 @@ from typing import Any, Callable, Sequence
 
 from torch import Tensor, nn
 
-from experiments.bench.counting import count_passes
-from experiments.bench.peers import agreement, as_maps, has_method, is_variant, make_runner
-from experiments.bench.timing import interleaved, ratio, summarize
+from experiments.timing.counting import count_passes
+from experiments.timing.peers import agreement, as_maps, has_method, is_variant, make_runner
+from experiments.timing.timing import interleaved, ratio, summarize
 
 PEERS = ("pytorch-grad-cam", "torchcam", "captum")
 

@@ -1,0 +1,4 @@
+"""``python -m experiments.timing`` = ``python -m experiments.timing.run``."""
+from experiments.timing.run import main
+
+main()
