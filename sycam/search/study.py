@@ -60,6 +60,8 @@ def open_storage(url: str) -> RDBStorage:
 
 
 def open_study(storage: RDBStorage, name: str, directions: Sequence[str], seed: int) -> optuna.Study:
+    """A study for ``directions``: TPE for one metric, NSGA-II for several. Both treat a trial with a
+    positive constraint value (``trial.set_constraint``: a failed sanity check) as infeasible."""
     if len(directions) == 1:
         sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=20, multivariate=False)
     else:
@@ -76,10 +78,11 @@ def open_study(storage: RDBStorage, name: str, directions: Sequence[str], seed: 
 
 
 def record(study: optuna.Study, deriv: Derivation, values: Sequence[float], attrs: dict[str, object],
-           selections: Sequence[str]) -> None:
-    """Add an already scored program to the study as a completed trial (TPE learns from it)."""
+           selections: Sequence[str], constraints: dict[str, float] | None = None) -> None:
+    """Add an already scored program to the study as a completed trial (TPE learns from it, and
+    from its ``constraints``: check name -> value, feasible when <= 0)."""
     trial = optuna.trial.create_trial(params=to_params(deriv), distributions=to_distributions(deriv, selections=selections),  # type: ignore[arg-type]
-                                      values=list(values), user_attrs=attrs)
+                                      values=list(values), user_attrs=attrs, constraints=constraints)
     study.add_trial(trial)
 
 
@@ -125,6 +128,8 @@ class Objective:
     selections: Sequence[str] = ("convs", "stages")
     memo: dict[str, tuple[float, ...]] = field(default_factory=dict)
     on_scored: Callable[[optuna.trial.Trial, Candidate, tuple[float, ...]], None] | None = None
+    #: sanity constraints of a scored candidate (check -> value, <= 0 feasible), for the sampler
+    constraints: Callable[[Candidate], dict[str, float]] | None = None
 
     def prime(self, study: optuna.Study) -> None:
         """Remember the scores already in the study (resume without re-scoring)."""
@@ -153,6 +158,9 @@ class Objective:
                 trial.set_user_attr("invalid", "metric undefined on every image")
                 raise optuna.TrialPruned("metric undefined")
             self.memo[key] = values
+        if self.constraints is not None:
+            for check, value in self.constraints(cand).items():
+                trial.set_constraint(check, value)
         if self.on_scored is not None:
             self.on_scored(trial, cand, values)
         return values[0] if len(values) == 1 else values

@@ -14,7 +14,7 @@ import platform
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -31,9 +31,14 @@ from sycam.lang.canon import canonical_hash, canonical_text
 from sycam.lang.parse import grammar_hash, parse
 from sycam.lang.pretty import fmt_number, pretty
 from sycam.search.enumerate import Enumerator, map_key
+from sycam.search.hall import (MIN_VAL_IMAGES, Row, distinct_structures, fmt, interval, nan_last, paired_difference,
+                               pareto_front)
+from sycam.search.report import format_front, format_hall  # noqa: F401  (re-exported)
+from sycam.search.sanity import CHECKS, SanityBench, failures
 from sycam.search.space import Derivation, derive
-from sycam.search.study import Candidate, Objective, completed, enqueue, open_storage, open_study, record, unique_best
+from sycam.search.study import Candidate, Objective, completed, enqueue, open_storage, open_study, record
 
+NO_WORSE_SUITE = ("iou", "energy_pg", "pointing_game", "deletion", "insertion")
 REFERENCES = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "layeravg", "winsorcam")
 
 
@@ -61,6 +66,12 @@ class SynthConfig:
     device: str | None = None
     progress: bool = True
     enumerate: bool = True
+    sanity: str = "require"  # require | flag | off: sanity checks on validation (sycam.search.sanity)
+    sanity_images: int = 32  # images of each split the sanity checks run on (a cascade of captures each)
+    pool: int = 40  # distinct structures (best on train) that go on to validation
+    no_worse_than: str | None = None  # a reference the hall of fame must match on every metric of `suite`
+    suite: Sequence[str] = NO_WORSE_SUITE
+    split_seed: int | None = None  # re-draw the train/val/test partition of the data
 
     @property
     def study_name(self) -> str:
@@ -140,21 +151,6 @@ class Journal:
         self._file.flush()
 
 
-@dataclass
-class Row:
-    """One line of the hall of fame."""
-
-    name: str
-    program: str
-    size: int
-    source: str
-    params: dict[str, float] = field(default_factory=dict)
-    train: dict[str, float] = field(default_factory=dict)
-    val: dict[str, float] = field(default_factory=dict)
-    test: dict[str, float] = field(default_factory=dict)
-    simplified: str = ""  # sympy's canonical form, where it reads differently (e.g. A + A -> 2*A)
-
-
 def _simplified(program: str) -> str:
     """The canonical form as text where it reads better than the program (TPE samples ``A + A``:
     ``2*A``): not for multi-layer programs (sympy spells each/fuse in its internal notation and
@@ -214,6 +210,14 @@ class Synthesis:
         self.selections = search_selections(resolver)
         train = self.bench("train", _search_request(resolver, A.ScoreSpec(), self.selections)).load()
         probe = _probe(train.batches[0].caps, 16)
+        constraints = None
+        if cfg.sanity == "require":  # Optuna's sampler learns to avoid programs that fail a sanity check
+            sanity = self.sanity_bench("train", train.request)
+            thresholds = _thresholds()
+
+            def constraints(cand: Candidate) -> dict[str, float]:
+                values = sanity.values(train.compile(cand.program), cand.params)
+                return {c: (-1.0 if math.isnan(values[c]) else values[c] - thresholds[c]) for c in CHECKS}
         self.search_t0 = time.perf_counter()  # the budget counts search time, not model loading or captures
 
         # 1. the enumerator's programs, scored directly on the cached captures (no per-candidate
@@ -273,16 +277,27 @@ class Synthesis:
                     stats["from_journal"] += 1
                 scored_enum.append((values, deriv, text))
                 note(values)
-            # the best of them join the study, so that TPE starts from what the enumerator learnt
+            # the best of them join the study, so that TPE starts from what the enumerator learnt and
+            # the hall of fame can choose among them: the best structures and the best of every size
+            # (with sanity checks required: until that many pass the checks on train, if they can)
             in_study = {t.user_attrs.get("program") for t in study.get_trials(deepcopy=False)}
             ranked = sorted((r for r in scored_enum if not any(math.isnan(v) for v in r[0])), key=lambda r: -sign * r[0][0])
-            for values, deriv, text in ranked[: 2 * cfg.top_k]:
+            chosen = distinct_structures(ranked, key_of=lambda r: r[2], value_of=lambda r: r[0][0],
+                                         size_of=lambda r: A.size(r[1].program().body), sign=sign, top=cfg.pool)
+            feasible = 0
+            extra = iter(r for r in ranked[cfg.pool:] if r not in chosen)
+            while chosen:
+                values, deriv, text = chosen.pop(0)
+                program = deriv.program()
+                attrs = {"program": text, "size": A.size(program.body), "source": "enumerator",
+                         "canon": canonical_hash(program), "memo_key": canonical_hash(program) + "|"}
+                limits = None if constraints is None else constraints(Candidate(program, text, A.size(program.body),
+                                                                                attrs["canon"], {}))
+                feasible += limits is None or max(limits.values()) <= 0
                 if text not in in_study:
-                    program = deriv.program()
-                    record(study, deriv, values, {"program": text, "size": A.size(program.body), "source": "enumerator",
-                                                  "canon": canonical_hash(program), "memo_key": canonical_hash(program) + "|"},
-                           self.selections)
-
+                    record(study, deriv, values, attrs, self.selections, limits)
+                if not chosen and feasible < cfg.pool and constraints is not None:
+                    chosen = [r for _, r in zip(range(cfg.pool), extra)]  # the next ones down the ranking
         # 2. Optuna: the reference programs of the space are queued first, then TPE over the grammar
         for name in cfg.references:
             from sycam.programs import load
@@ -291,7 +306,7 @@ class Synthesis:
             if deriv is not None and _selections_of(deriv) <= set(self.selections):
                 enqueue(study, deriv, f"reference:{name}")
         objective = Objective(evaluate, max_depth=cfg.max_depth, selections=self.selections,
-                              on_scored=lambda trial, cand, values: note(values))
+                              on_scored=lambda trial, cand, values: note(values), constraints=constraints)
         objective.prime(study)
         remaining = cfg.budget - (time.perf_counter() - self.search_t0)
         n_trials = None
@@ -330,59 +345,147 @@ class Synthesis:
             rows.append(Row(name=f"trial{t.number}", program=program, size=int(t.user_attrs["size"]),
                             source=str(source), params=params,
                             train={m.name: v for m, v in zip(self.metrics, t.values)},
-                            simplified=_simplified(program)))
+                            simplified=_simplified(program), structure=str(t.user_attrs.get("canon", ""))))
         return rows
+
+    def _score_split(self, split: str, request: CaptureRequest, rows: Sequence[Row],
+                     compiled: dict[int, CompiledProgram], metrics=None) -> list[dict[str, torch.Tensor]]:
+        """Per-image values of ``rows`` on ``split`` in one streaming pass; their means go on the rows."""
+        metrics = list(metrics or self.metrics)
+        if not rows:
+            return []
+        values = score_streaming(self.bench(split, request), [(compiled[id(r)], r.params) for r in rows], metrics)
+        for row, v in zip(rows, values):
+            getattr(row, split).update({m.name: mean_score(v[m.name]) for m in metrics})
+        return values
+
+    def sanity_bench(self, split: str, request: CaptureRequest) -> SanityBench:
+        """Sanity captures of the first ``sanity_images`` images of ``split`` (their own targets)."""
+        ds = self.datasets[split]
+        n = max(1, min(self.cfg.sanity_images, len(ds)))
+        bench = Workbench(self.bundle, ds, CaptureRequest(layers=(), score=request.score), batch_size=n,
+                          targets=self.cfg.targets, device=self.device, progress=False)
+        batch, targets, _ = next(iter(bench.iter_batches()))
+        return SanityBench(self.bundle, batch.images, targets, request, seed=self.cfg.seed)
 
     def _select_and_report(self, study: optuna.Study, train: Workbench) -> dict:
         from sycam.programs import load
 
+        cfg = self.cfg
         primary = self.metrics[0]
-        if len(self.metrics) == 1:
-            trials = unique_best(study, self.cfg.top_k, primary.higher_is_better)
+        sign = 1 if primary.higher_is_better else -1
+        single = len(self.metrics) == 1
+        trials = completed(study)
+        if cfg.sanity == "require":  # programs that already failed a check on train do not go on
+            trials = [t for t in trials if not t.constraints or max(t.constraints.values()) <= 0]
+        if single:  # distinct structures, each with its best parameters; the best of every size too
+            trials = distinct_structures(trials, key_of=lambda t: t.user_attrs.get("canon") or t.user_attrs["program"],
+                                         value_of=lambda t: t.values[0], size_of=lambda t: int(t.user_attrs["size"]),
+                                         sign=sign, top=cfg.pool)
         else:
-            trials = study.best_trials[: max(self.cfg.top_k, 20)]
+            trials = study.best_trials[: max(cfg.pool, 20)]
         rows = self._rows_from_trials(trials)
         if not rows:
             raise SycamError("the search scored no valid program; raise --budget")
-        programs = [parse(r.program) for r in rows]
-        refs = {name: load(name) for name in self.cfg.references}
         resolver = train.resolver
-        request = merge_requests([CompiledProgram(p, resolver).request for p in programs + list(refs.values())])
-        val = self.bench("val", request)
-        test = self.bench("test", request)
         ref_rows = []
-        for name, program in refs.items():
-            params = CompiledProgram(program, resolver).param_values()
+        for name in cfg.references:
+            program = load(name)
             ref_rows.append(Row(name=name, program=pretty(program), size=A.size(A.inline_lets(program)), source="reference",
-                                params=params))
+                                params=CompiledProgram(program, resolver).param_values()))
         everything = rows + ref_rows
+        compiled = {id(r): CompiledProgram(parse(r.program), resolver) for r in everything}
+        request = merge_requests([c.request for c in compiled.values()])
         # references may need layers the search did not cache (e.g. every conv): their train scores,
         # and everyone's validation and test scores, are streamed, one batch of captures at a time
-        for split, bench, these in (("train", self.bench("train", request), ref_rows), ("val", val, everything),
-                                    ("test", test, everything)):
-            compiled = [(CompiledProgram(parse(r.program), resolver), r.params) for r in these]
-            for row, values in zip(these, score_streaming(bench, compiled, self.metrics)):
-                setattr(row, split, {m.name: mean_score(values[m.name]) for m in self.metrics})
-        sign = 1 if primary.higher_is_better else -1
-        rows.sort(key=lambda r: (-sign * _nan_last(r.val[primary.name], sign), r.size))
-        for i, row in enumerate(rows):
+        self._score_split("train", request, ref_rows, compiled)
+        self._score_split("val", request, everything, compiled)
+
+        warnings: list[str] = []
+        n_val = len(self.datasets["val"])
+        if n_val < MIN_VAL_IMAGES:
+            warnings.append(f"the validation split has {n_val} images (< {MIN_VAL_IMAGES}): selecting among {len(rows)} "
+                            "programs on it is noisy; use more data (--val-limit) or --split-seed to see how much it varies")
+        if cfg.sanity != "off":
+            bench = self.sanity_bench("val", request)
+            for r in everything:
+                r.sanity = bench.values(compiled[id(r)], r.params)
+                r.failed = failures(r.sanity)
+        if cfg.no_worse_than:
+            self._no_worse_than(rows, compiled, request, warnings)
+        eligible = [r for r in rows if not r.worse and (cfg.sanity != "require" or r.passes)]
+        rejected = [r for r in rows if r not in eligible]
+        if not eligible:
+            why = "the sanity checks (see --sanity)" if cfg.sanity == "require" else f"--no-worse-than {cfg.no_worse_than}"
+            raise SycamError(f"none of the {len(rows)} best programs passed {why}; raise --budget"
+                             + (" or run with --sanity flag to see them" if cfg.sanity == "require" else ""))
+        if single:  # the Pareto front of size against validation score, best first
+            hall = pareto_front(eligible, primary.name, sign)
+            hall.sort(key=lambda r: (-sign * nan_last(r.val[primary.name], sign), r.size))
+        else:
+            hall = eligible
+        test_values = self._score_split("test", request, hall + ref_rows, compiled)
+        per_image = {id(r): v for r, v in zip(hall + ref_rows, test_values)}
+        for r in hall + ref_rows:
+            for m in self.metrics:
+                _, lo, hi, _ = interval(per_image[id(r)][m.name], seed=cfg.seed)
+                r.test_ci[m.name] = [lo, hi]
+        for i, row in enumerate(hall):
             row.name = f"best{i + 1}"
-        self._write_outputs(rows, ref_rows, test)
-        best_ref = max(ref_rows, key=lambda r: sign * _nan_last(r.test[primary.name], sign))
-        return {"metric": primary.name, "best": asdict(rows[0]), "best_reference": asdict(best_ref),
-                "hall_of_fame": [asdict(r) for r in rows], "references": [asdict(r) for r in ref_rows],
-                "out": str(self.out)}
+        best = hall[0]
+        by_test = lambda r: sign * nan_last(r.test[primary.name], sign)  # noqa: E731
+        best_ref = max(ref_rows, key=by_test) if ref_rows else None
+        passing_refs = [r for r in ref_rows if r.passes]
+        best_passing_ref = max(passing_refs, key=by_test) if passing_refs and cfg.sanity != "off" else None
+        comparisons = {}
+        for label, ref in (("best_reference", best_ref), ("best_sanity_passing_reference", best_passing_ref)):
+            if ref is not None:
+                mean, lo, hi, n = paired_difference(per_image[id(best)][primary.name], per_image[id(ref)][primary.name],
+                                                    seed=cfg.seed)
+                comparisons[label] = {"reference": ref.name, "difference": mean, "ci": [lo, hi], "images": n}
+        self._write_outputs(hall, ref_rows, self.bench("test", request))
+        return {"metric": primary.name, "sanity": cfg.sanity, "thresholds": _thresholds() if cfg.sanity != "off" else {},
+                "best": asdict(best), "best_reference": asdict(best_ref) if best_ref else None,
+                "comparisons": comparisons, "warnings": warnings, "no_worse_than": cfg.no_worse_than,
+                "hall_of_fame": [asdict(r) for r in hall], "references": [asdict(r) for r in ref_rows],
+                "rejected": [asdict(r) for r in rejected], "failing": [asdict(r) for r in rows if r.failed], "pool": len(rows), "out": str(self.out)}
+
+    def _no_worse_than(self, rows: list[Row], compiled, request: CaptureRequest, warnings: list[str]) -> None:
+        """Mark the rows that are worse than the reference ``no_worse_than`` on validation on some
+        metric of the suite (metrics the data cannot support, e.g. IoU without masks, are skipped)."""
+        from sycam.metrics import get_metric
+        from sycam.programs import load
+
+        cfg = self.cfg
+        ref = Row(name=cfg.no_worse_than, program=pretty(load(cfg.no_worse_than)), size=0, source="reference")
+        compiled[id(ref)] = CompiledProgram(parse(ref.program), self.bench("val", request).resolver)
+        ref.params = compiled[id(ref)].param_values()
+        request = merge_requests([request, compiled[id(ref)].request])
+        suite = [get_metric(m) for m in cfg.suite if m not in {x.name for x in self.metrics}]
+        has_masks = self.datasets["val"][0].mask is not None if len(self.datasets["val"]) else False
+        usable = [m for m in suite if has_masks or "mask" not in m.needs]
+        if len(usable) < len(suite):
+            warnings.append(f"--no-worse-than: {', '.join(m.name for m in suite if m not in usable)} need masks the "
+                            "validation data lack and were not checked")
+        candidates = [r for r in rows if cfg.sanity != "require" or r.passes]
+        self._score_split("val", request, candidates + [ref], compiled, usable)
+        for r in candidates:
+            r.worse = [m.name for m in usable if (1 if m.higher_is_better else -1) * (r.val[m.name] - ref.val[m.name]) < 0]
+        self.no_worse_reference = ref
 
     def _write_outputs(self, rows: list[Row], refs: list[Row], test: Workbench) -> None:
         out = self.out
         names = [m.name for m in self.metrics]
         for old in out.glob("best*.cam"):
             old.unlink()
-        for i, row in enumerate(rows[:5]):
+        for row in rows:
             header = [f"# {row.name}: synthesized by sycam for {', '.join(names)} (source: {row.source})",
                       f"# model {self.cfg.model}, data {self.cfg.data}, seed {self.cfg.seed}, study {self.cfg.study_name}",
                       "# " + "; ".join(f"{split} " + ", ".join(f"{k}={v:.4f}" for k, v in getattr(row, split).items())
                                        for split in ("train", "val", "test"))]
+            if row.sanity:
+                header.append("# sanity (validation): " + ", ".join(f"{k}={fmt(v, 3)}" for k, v in row.sanity.items())
+                              + ("" if row.passes else f"  FAILS {', '.join(row.failed)}"))
             program = parse(row.program)
             if row.params:  # bake tuned parameters in as the defaults
                 program = _with_defaults(program, row.params)
@@ -390,9 +493,13 @@ class Synthesis:
         all_rows = rows + refs
         with open(out / "hall_of_fame.csv", "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["name", "source", "size"] + [f"{s}_{n}" for s in ("train", "val", "test") for n in names] + ["params", "program", "simplified"])
+            w.writerow(["name", "source", "size"] + [f"{s}_{n}" for s in ("train", "val", "test") for n in names]
+                       + [f"test_{n}_{b}" for n in names for b in ("lo", "hi")] + [f"sanity_{c}" for c in CHECKS]
+                       + ["fails", "params", "program", "simplified"])
             for r in all_rows:
-                w.writerow([r.name, r.source, r.size] + [_fmt(getattr(r, s).get(n)) for s in ("train", "val", "test") for n in names]
+                w.writerow([r.name, r.source, r.size] + [fmt(getattr(r, s).get(n)) for s in ("train", "val", "test") for n in names]
+                           + [fmt(v) for n in names for v in r.test_ci.get(n, [math.nan, math.nan])]
+                           + [fmt(r.sanity.get(c)) for c in CHECKS] + [" ".join(r.failed + r.worse)]
                            + [json.dumps(r.params), r.program.replace("\n", " "), r.simplified])
         (out / "hall_of_fame.json").write_text(json.dumps({"metrics": names, "rows": [asdict(r) for r in all_rows]}, indent=2))
         try:
@@ -476,51 +583,9 @@ def _with_defaults(program: A.Program, params: dict[str, float]) -> A.Program:
     return parse(text)
 
 
-def _nan_last(v: float, sign: int) -> float:
-    return v if not math.isnan(v) else -sign * math.inf
+def _thresholds() -> dict[str, float]:
+    from sycam.metrics.sanity import THRESHOLDS
+
+    return {c: THRESHOLDS[c] for c in CHECKS}
 
 
-def _fmt(v: float | None) -> str:
-    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
-
-
-def format_front(result: dict, metrics: list[str]) -> str:
-    """The Pareto front of a trade-off run, on the test split, beside the references."""
-    head = f"{'':<12} {'size':>4} " + " ".join(f"{m:>12}" for m in metrics) + "  program"
-    lines = [f"Pareto front — {', '.join(metrics)} (search on train; test values shown)", "", head, "-" * len(head)]
-    for r in result["hall_of_fame"] + [None] + result["references"]:
-        if r is None:
-            lines.append("-" * len(head))
-            continue
-        lines.append(f"{r['name']:<12} {r['size']:>4} " + " ".join(f"{_fmt(r['test'].get(m)):>12}" for m in metrics)
-                     + "  " + r["program"].replace("\n", " "))
-    lines.append(f"outputs in {result['out']} (pareto.png: every scored program and the front)")
-    return "\n".join(lines)
-
-
-def format_hall(result: dict) -> str:
-    """The hall of fame as a text table (printed at the end of a run)."""
-    metric = result["metric"]
-    lines = [f"Hall of fame — {metric} (search on train, selected on val, reported on test)", ""]
-    head = f"{'':<12} {'size':>4} {'train':>8} {'val':>8} {'test':>8}  program"
-    lines.append(head)
-    lines.append("-" * len(head))
-    for r in result["hall_of_fame"][:5] + [None] + result["references"]:
-        if r is None:
-            lines.append("-" * len(head))
-            continue
-        text = r["program"].replace("\n", " ") + (f"   (= {r['simplified']})" if r.get("simplified") else "")
-        lines.append(f"{r['name']:<12} {r['size']:>4} {_fmt(r['train'].get(metric)):>8} {_fmt(r['val'].get(metric)):>8} "
-                     f"{_fmt(r['test'].get(metric)):>8}  {text}")
-    best, ref = result["best"], result["best_reference"]
-    lines += ["", f"best synthesized: test {metric} = {_fmt(best['test'][metric])}   "
-                  f"best reference ({ref['name']}): {_fmt(ref['test'][metric])}"]
-    s = result.get("stats", {})
-    e = s.get("enumeration", {})
-    if e:
-        lines.append(f"enumerator: {int(e.get('generated', 0))} generated, {int(e.get('canonical_duplicates', 0))} canonical and "
-                     f"{int(e.get('observational_duplicates', 0)) + int(e.get('program_duplicates', 0))} observational duplicates "
-                     f"removed, {int(e.get('programs', 0))} programs to score")
-    lines.append(f"search: {s.get('completed', 0)} trials completed, {s.get('scored', 0)} programs scored in this process, "
-                 f"{s.get('search_seconds', 0)} s; outputs in {result['out']}")
-    return "\n".join(lines)

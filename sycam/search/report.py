@@ -1,0 +1,88 @@
+"""What a synthesis run prints: the hall of fame, the Pareto front of a trade-off, the sanity notes.
+
+Pure formatting of the ``result`` dictionary that :class:`sycam.search.synthesize.Synthesis`
+returns (and writes as ``summary.json``), so a finished run can be printed again from its file.
+"""
+from __future__ import annotations
+
+from sycam.search.hall import fmt, fmt_ci
+from sycam.search.sanity import CHECKS
+
+#: column heads: the MPRT Spearman (randomised model) and the other-class Spearman
+LABELS = {"randomisation": "rand", "class_sensitivity": "class"}
+
+
+def _sanity_cells(r: dict) -> str:
+    s = r.get("sanity") or {}
+    cells = " ".join(f"{fmt(s.get(c), 2):>5}" for c in CHECKS) if s else " ".join(f"{'':>5}" for _ in CHECKS)
+    flags = r.get("failed", []) + [f"worse:{m}" for m in r.get("worse", [])]
+    return cells + (f"  FAILS {','.join(flags)}" if flags else "")
+
+
+def format_front(result: dict, metrics: list[str]) -> str:
+    """The Pareto front of a trade-off run, on the test split, beside the references."""
+    head = f"{'':<12} {'size':>4} " + " ".join(f"{m:>12}" for m in metrics) + "  " + " ".join(f"{LABELS[c]:>5}" for c in CHECKS) + "  program"
+    lines = [f"Pareto front — {', '.join(metrics)} (search on train; test values shown)", "", head, "-" * len(head)]
+    for r in result["hall_of_fame"] + [None] + result["references"]:
+        if r is None:
+            lines.append("-" * len(head))
+            continue
+        lines.append(f"{r['name']:<12} {r['size']:>4} " + " ".join(f"{fmt(r['test'].get(m)):>12}" for m in metrics)
+                     + "  " + _sanity_cells(r) + "  " + r["program"].replace("\n", " "))
+    lines += _sanity_notes(result)
+    lines.append(f"outputs in {result['out']} (pareto.png: every scored program and the front)")
+    return "\n".join(lines)
+
+
+def _sanity_notes(result: dict) -> list[str]:
+    lines = []
+    if result.get("sanity", "off") != "off":
+        th = ", ".join(f"{c} < {v:g}" for c, v in result.get("thresholds", {}).items())
+        rejected = result.get("failing", [])
+        lines.append(f"sanity checks ({result['sanity']}; pass: {th}; on validation images): "
+                     f"{len(rejected)} of the {result.get('pool', 0)} best programs on train fail"
+                     + (" and were left out" if result["sanity"] == "require" else " (marked FAILS)"))
+        for r in rejected[:3]:
+            lines.append(f"  fails: {r['program'].replace(chr(10), ' ')}   " + ", ".join(
+                f"{c}={fmt(r['sanity'].get(c), 2)}" for c in CHECKS))
+    if result.get("no_worse_than"):
+        worse = [r for r in result.get("rejected", []) if r.get("worse")]
+        lines.append(f"no worse than {result['no_worse_than']} on validation: {len(worse)} programs left out; "
+                     + ("a program was found" if result["hall_of_fame"] else "none was found"))
+    lines += [f"warning: {w}" for w in result.get("warnings", [])]
+    return lines
+
+
+def format_hall(result: dict) -> str:
+    """The hall of fame as a text table (printed at the end of a run)."""
+    metric = result["metric"]
+    lines = [f"Hall of fame — {metric}: the Pareto front of size against validation score",
+             "(searched on train, selected on val, reported on test with 95% bootstrap intervals)", ""]
+    head = (f"{'':<12} {'size':>4} {'train':>7} {'val':>7} {'test':>7} {'95% CI':>16}  "
+            + " ".join(f"{LABELS[c]:>5}" for c in CHECKS) + "  program")
+    lines += [head, "-" * len(head)]
+    hall = sorted(result["hall_of_fame"], key=lambda r: r["size"])
+    for r in hall + [None] + result["references"]:
+        if r is None:
+            lines.append("-" * len(head))
+            continue
+        text = r["program"].replace("\n", " ") + (f"   (= {r['simplified']})" if r.get("simplified") else "")
+        lines.append(f"{r['name']:<12} {r['size']:>4} {fmt(r['train'].get(metric), 3):>7} {fmt(r['val'].get(metric), 3):>7} "
+                     f"{fmt(r['test'].get(metric), 3):>7} {fmt_ci(r.get('test_ci', {}).get(metric)):>16}  {_sanity_cells(r)}  {text}")
+    best = result["best"]
+    lines += ["", f"best synthesized ({best['name']}, size {best['size']}): test {metric} = {fmt(best['test'][metric], 3)} "
+                  f"{fmt_ci(best.get('test_ci', {}).get(metric))}"]
+    labels = {"best_reference": "best reference", "best_sanity_passing_reference": "best sanity-passing reference"}
+    for key, cmp in result.get("comparisons", {}).items():
+        lines.append(f"  vs the {labels[key]} ({cmp['reference']}): paired difference {cmp['difference']:+.3f} "
+                     f"{fmt_ci(cmp['ci'])} over {cmp['images']} test images")
+    lines += _sanity_notes(result)
+    s = result.get("stats", {})
+    e = s.get("enumeration", {})
+    if e:
+        lines.append(f"enumerator: {int(e.get('generated', 0))} generated, {int(e.get('canonical_duplicates', 0))} canonical and "
+                     f"{int(e.get('observational_duplicates', 0)) + int(e.get('program_duplicates', 0))} observational duplicates "
+                     f"removed, {int(e.get('programs', 0))} programs to score")
+    lines.append(f"search: {s.get('completed', 0)} trials completed, {s.get('scored', 0)} programs scored in this process, "
+                 f"{s.get('search_seconds', 0)} s; outputs in {result['out']}")
+    return "\n".join(lines)
