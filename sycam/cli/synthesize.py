@@ -10,6 +10,8 @@ def _split(text: str) -> list[str]:
 
 
 def register(name: str, parser: argparse.ArgumentParser) -> None:
+    from sycam.search.synthesize import NO_WORSE_SUITE
+
     if name == "synthesize":
         parser.add_argument("--metric", required=True, help="metric to maximise (its direction is the metric's own), e.g. iou")
     else:
@@ -34,6 +36,18 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--references", default=None, help="comma-separated reference programs reported beside the result")
     parser.add_argument("--targets", default="auto", choices=["auto", "label", "pred", "imagenet"])
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--sanity", default="require", choices=["require", "flag", "off"],
+                        help="sanity checks (model randomisation, class sensitivity) on validation: require = a program that "
+                             "fails one never enters the hall of fame (default); flag = it is marked; off = not checked")
+    parser.add_argument("--sanity-images", type=int, default=32, help="images of each split the sanity checks run on (default 32)")
+    parser.add_argument("--pool", type=int, default=40, help="distinct programs (best on train) that go on to validation (default 40)")
+    parser.add_argument("--no-worse-than", default=None, metavar="REF",
+                        help="a reference (e.g. gradcam): a program enters the hall of fame only if, on validation, it is at "
+                             "least as good as REF on every metric of --suite")
+    parser.add_argument("--suite", default=",".join(NO_WORSE_SUITE),
+                        help=f"metrics --no-worse-than compares on (default {','.join(NO_WORSE_SUITE)})")
+    parser.add_argument("--split-seed", type=int, default=None,
+                        help="re-draw the train/val/test partition of a real dataset with this seed (default: the dataset's own)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -43,6 +57,12 @@ def run(name: str, args: argparse.Namespace) -> int:
     metrics = [args.metric] if name == "synthesize" else _split(args.metrics)
     if name == "tradeoff" and len(metrics) < 2:
         raise SycamError("tradeoff needs at least two metrics, e.g. --metrics iou,deletion")
+    if args.sanity_images < 1 or args.pool < 1:
+        raise SycamError("--sanity-images and --pool must be positive")
+    if args.no_worse_than:
+        from sycam.programs import program_path
+
+        program_path(args.no_worse_than)  # an unknown reference fails now, not after the search
     if args.budget <= 0:
         raise SycamError(f"--budget must be positive, got {args.budget}")
     cfg = SynthConfig(
@@ -51,6 +71,8 @@ def run(name: str, args: argparse.Namespace) -> int:
         train_limit=args.train_limit, val_limit=args.val_limit, test_limit=args.test_limit, batch_size=args.batch_size,
         max_size=args.max_size, references=_split(args.references) if args.references else REFERENCES,
         targets=args.targets, device=args.device, progress=not args.quiet, enumerate=not args.no_enumerate,
+        sanity=args.sanity, sanity_images=args.sanity_images, pool=args.pool, no_worse_than=args.no_worse_than,
+        suite=_split(args.suite), split_seed=args.split_seed,
     )
     result = Synthesis(cfg).run()
     if name == "synthesize":

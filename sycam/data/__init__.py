@@ -46,6 +46,7 @@ def open_dataset(
     size: int | None = None,
     limit: int | None = None,
     on_error: str = "raise",
+    split_seed: int | None = None,
 ) -> Dataset:
     """Open the dataset named by ``spec`` (see the module docstring for the forms).
 
@@ -55,6 +56,8 @@ def open_dataset(
     ``builtin``). ``limit`` keeps the first ``limit`` samples of the split. ``on_error="skip"``
     leaves bad images out (decoding every image up front) and lists them in
     ``dataset.skipped``; ``"raise"`` stops at the first one with a :class:`DataError` naming it.
+    ``split_seed`` draws another reproducible partition (real sets: the id hash is salted with it;
+    ``builtin``: every split is generated from that seed's streams instead of seed 0's).
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"dataset spec must be a non-empty string, one of {', '.join(FORMS)}; got {spec!r}")
@@ -69,6 +72,8 @@ def open_dataset(
             kwargs["size"] = size
         if limit is not None:
             kwargs["n"] = limit
+        if split_seed is not None:
+            kwargs["seed"] = split_seed
         return BuiltinBenchmark(**kwargs)  # type: ignore[arg-type]
     if sep and form in ("folder", "coco", "voc"):
         if not path.strip():
@@ -76,14 +81,14 @@ def open_dataset(
         if form == "folder":
             from sycam.data.folder import open_folder
 
-            return open_folder(path, split=split, size=size, limit=limit, on_error=on_error)
+            return open_folder(path, split=split, size=size, limit=limit, on_error=on_error, split_seed=split_seed)
         if form == "coco":
             from sycam.data.coco import open_coco
 
-            return open_coco(path, split=split, size=size, limit=limit, on_error=on_error)
+            return open_coco(path, split=split, size=size, limit=limit, on_error=on_error, split_seed=split_seed)
         from sycam.data.voc import open_voc
 
-        return open_voc(path, split=split, size=size, limit=limit, on_error=on_error)
+        return open_voc(path, split=split, size=size, limit=limit, on_error=on_error, split_seed=split_seed)
     hint = ""
     if Path(spec).expanduser().exists():
         hint = f" (a path: did you mean 'folder:{spec}', 'coco:{spec}' or 'voc:{spec}'?)"

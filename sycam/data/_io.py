@@ -83,9 +83,13 @@ def unit_hash(key: str) -> float:
     return int.from_bytes(digest, "big") / 2.0**64
 
 
-def assign_split(key: str, fractions: tuple[float, float] = HASH_FRACTIONS) -> str:
-    """The split of an image id: ``train`` if ``u < f0``, ``val`` if ``u < f0 + f1``, else ``test``."""
-    u = unit_hash(key)
+def assign_split(key: str, fractions: tuple[float, float] = HASH_FRACTIONS, seed: int | None = None) -> str:
+    """The split of an image id: ``train`` if ``u < f0``, ``val`` if ``u < f0 + f1``, else ``test``.
+
+    ``seed`` (``--split-seed``) salts the hash: another, equally reproducible partition of the same
+    images (``None`` is the dataset's own partition).
+    """
+    u = unit_hash(key if seed is None else f"{int(seed)}|{key}")
     if u < fractions[0]:
         return "train"
     if u < fractions[0] + fractions[1]:

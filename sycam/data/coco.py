@@ -234,6 +234,7 @@ def open_coco(
     size: int | None = None,
     limit: int | None = None,
     on_error: str = "raise",
+    split_seed: int | None = None,
 ) -> RecordDataset:
     """Open COCO instance annotations; see the module docstring."""
     split, size, limit, on_error = check_open_args(split, size, limit, on_error)
@@ -285,7 +286,7 @@ def open_coco(
             rec_id = relative_id(shown, root) if image is not None else (
                 f"{split_name}/{Path(file_name).stem}" if split_name else Path(file_name).stem
             )
-            here = split == "all" or assign_split(rec_id) == split
+            here = split == "all" or assign_split(rec_id, seed=split_seed) == split
             problems = problems_here if here else problems_elsewhere
             if image is None:
                 tried = ", ".join(str(b) for b in dict.fromkeys(bases))

@@ -133,6 +133,7 @@ def open_folder(
     size: int | None = None,
     limit: int | None = None,
     on_error: str = "raise",
+    split_seed: int | None = None,
 ) -> RecordDataset:
     """Open a folder with a ``manifest.csv`` (or the CSV itself); see the module docstring."""
     from sycam.data.coco import COCO_CLASSES
@@ -197,7 +198,7 @@ def open_folder(
         found_image = _resolve(root, rel)
         image = found_image if found_image is not None else root / rel
         rec_id = relative_id(image, root)
-        rec_split = row[col_split].strip() if use_split_column and col_split else assign_split(rec_id)
+        rec_split = row[col_split].strip() if use_split_column and col_split else assign_split(rec_id, seed=split_seed)
         if split != "all" and rec_split != split:
             # other splits are still validated (the manifest is checked as a whole) but not recorded
             problems = problems_elsewhere

@@ -109,6 +109,7 @@ def open_voc(
     size: int | None = None,
     limit: int | None = None,
     on_error: str = "raise",
+    split_seed: int | None = None,
 ) -> RecordDataset:
     """Open VOC segmentation data (either layout of the module docstring)."""
     split, size, limit, on_error = check_open_args(split, size, limit, on_error)
@@ -173,7 +174,7 @@ def _standard_candidates(
             entries.append((i, f"{val_txt.relative_to(root)} line {k + 1}", split in (ours, "all")))
     else:
         for p in sorted((root / "SegmentationClass").glob("*.png")):
-            entries.append((p.stem, f"SegmentationClass/{p.name}", split in (assign_split(p.stem), "all")))
+            entries.append((p.stem, f"SegmentationClass/{p.name}", split in (assign_split(p.stem, seed=split_seed), "all")))
     problems: list[tuple[str, str]] = []  # of the requested split
     elsewhere: list[tuple[str, str]] = []  # every listed file is checked; these are only reported
     out: list[Record] = []
@@ -218,7 +219,7 @@ def _manifest_candidates(root: Path, split: str, on_error: str, skipped: list[tu
             continue
         image = root / row["image"]
         rec_id = relative_id(image, root)
-        here = split == "all" or assign_split(rec_id) == split
+        here = split == "all" or assign_split(rec_id, seed=split_seed) == split
         problems = problems_here if here else problems_elsewhere  # every row is validated
         if not image.is_file():
             problems.append((str(image), f"{where}: image file not found: {image}"))

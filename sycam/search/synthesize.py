@@ -78,6 +78,8 @@ class SynthConfig:
         if self.study:
             return self.study
         raw = f"{'+'.join(self.metrics)}-{self.model}-{self.data}-s{self.seed}"
+        if self.split_seed is not None:  # another partition: another train split, another search
+            raw += f"-split{self.split_seed}"
         return re.sub(r"[^A-Za-z0-9_.+-]+", "_", raw)[:120]
 
     @property
@@ -183,7 +185,7 @@ class Synthesis:
         self.device = _device(cfg.device)
         self.bundle = load_model(cfg.model, cfg.weights, device=self.device)
         size = self.bundle.input_size[0] if cfg.data != "builtin" else None
-        self.datasets = {split: open_dataset(cfg.data, split=split, size=size, limit=limit)
+        self.datasets = {split: open_dataset(cfg.data, split=split, size=size, limit=limit, split_seed=cfg.split_seed)
                          for split, limit in (("train", cfg.train_limit), ("val", cfg.val_limit), ("test", cfg.test_limit))}
         self.history: list[dict[str, float]] = []
         self.t0 = time.perf_counter()
