@@ -19,7 +19,6 @@ from torch import Tensor
 from sycam.capture import CaptureRequest, Captures, capture
 from sycam.compile import CompiledProgram
 from sycam.errors import ProgramRuntimeError
-from sycam.metrics import sanity as S
 from sycam.models.bundle import ModelBundle
 
 #: the checks a synthesis applies, in the order they are printed
@@ -37,6 +36,8 @@ class SanityBench:
 
     def __init__(self, bundle: ModelBundle, images01: Tensor, targets: Tensor, request: CaptureRequest,
                  seed: int = 0) -> None:
+        from sycam.metrics import sanity as S
+
         x = bundle.normalize(images01)
         self.n = int(images01.shape[0])
         self.base = capture(bundle.module, x, targets, request)
@@ -49,6 +50,8 @@ class SanityBench:
 
     def values(self, compiled: CompiledProgram, params: Mapping[str, float] | None = None) -> dict[str, float]:
         """Mean value of each check over the images (NaN where the program is invalid here)."""
+        from sycam.metrics import sanity as S
+
         nan = {c: math.nan for c in CHECKS}
         try:
             maps = compiled(self.base, params)
@@ -63,6 +66,8 @@ class SanityBench:
 
 
 def _similarity(maps: Tensor, compiled: CompiledProgram, caps: Captures, params) -> Tensor:
+    from sycam.metrics import sanity as S
+
     try:
         other = compiled(caps, params)
     except ProgramRuntimeError:
@@ -78,6 +83,8 @@ def _mean(v: Tensor) -> float:
 
 def failures(values: Mapping[str, float]) -> list[str]:
     """The checks whose value is at or above its threshold (``sycam.metrics.sanity.THRESHOLDS``)."""
+    from sycam.metrics import sanity as S
+
     return [c for c in CHECKS if not math.isnan(values.get(c, math.nan)) and values[c] >= S.THRESHOLDS[c]]
 
 
