@@ -12,9 +12,9 @@ from sycam.data.builtin import SHAPES, make_batch
 from sycam.models import builtin as MB
 from sycam.models.builtin import (
     DEFAULT_RECIPE,
+    NORMALIZE,
     BuiltinCNN,
     BuiltinRecipe,
-    Normalize,
     builtin_cache_path,
     evaluate_builtin,
     load_builtin_model,
@@ -47,10 +47,10 @@ def test_architecture_names_grids_and_size() -> None:
 
 def test_normalize_values_and_validation() -> None:
     x = torch.tensor([0.0, 0.5, 1.0]).view(1, 3, 1, 1)
-    assert Normalize()(x).flatten().tolist() == [-2.0, 0.0, 2.0]
-    assert Normalize()(x.double()).dtype == torch.float64
+    assert NORMALIZE(x).flatten().tolist() == [-2.0, 0.0, 2.0]
+    assert NORMALIZE(x.double()).dtype == torch.float64
     with pytest.raises(ValueError, match="Normalize"):
-        Normalize()(torch.zeros(1, 1, 4, 4))
+        NORMALIZE(torch.zeros(1, 1, 4, 4))
 
 
 def test_cache_path_location_and_recipe_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
