@@ -1,8 +1,6 @@
 """Explainers for users: a program bound to a model, called on ``(images, targets)``."""
 from __future__ import annotations
 
-import difflib
-import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -14,26 +12,15 @@ from sycam.capture import capture
 from sycam.compile import CompiledProgram, LayerResolver
 from sycam.errors import SycamError
 from sycam.lang import ast as A
-from sycam.lang.parse import parse
 from sycam.models.bundle import ModelBundle
 
 
 def as_program(program: A.Program | str | Path) -> A.Program:
-    """A Program from a Program, a reference name (``gradcam``), a ``.cam`` path or program text."""
-    if isinstance(program, A.Program):
-        return program
-    from sycam.programs import ALIASES, list_programs, load
+    """A Program from a Program, a reference name (``gradcam``), a ``.cam`` path or program text
+    (:func:`sycam.programs.resolve_program`)."""
+    from sycam.programs import resolve_program
 
-    text = str(program)
-    if isinstance(program, Path) or text.endswith(".cam") or text.lower() in list_programs() or text.lower() in ALIASES:
-        return load(program)
-    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_+-]*", text.strip()) and text.strip() not in ("A", "G", "S", "D", "Y"):
-        # a bare word is meant as a program name, not as program text
-        close = difflib.get_close_matches(text.strip().lower(), list_programs() + list(ALIASES), n=3)
-        hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        raise SycamError(f"unknown program '{text.strip()}'{hint} (reference programs: {', '.join(list_programs())}; "
-                         "or give program text or a .cam file)")
-    return parse(text)
+    return resolve_program(program)
 
 
 def _layer_name(module: nn.Module, layer: str | int | nn.Module) -> str | int:
