@@ -16,6 +16,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from sycam.data import FORMS_HELP, path_form
 from sycam.errors import SycamError
 
 DEFAULT_METHODS = "gradcam,gradcampp,layercam,winsorcam,random"
@@ -34,7 +35,7 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
                         help="builtin (default), a torchvision model name, or an import path package.module:factory")
     parser.add_argument("--weights", default=None, help="local state-dict file (or torchvision weights name in "
                         "torch hub's cache)")
-    parser.add_argument("--data", default="builtin", help="builtin (default), folder:PATH, coco:PATH or voc:PATH")
+    parser.add_argument("--data", default="builtin", help=FORMS_HELP)
     parser.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
                         help="which split of the dataset (default: test)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images of the split")
@@ -81,9 +82,9 @@ def _identity(args: argparse.Namespace) -> dict[str, Any]:
         except ImportError:
             model_key = None
     data = args.data
-    form, sep, path = data.partition(":")
-    if sep and form.lower() in ("folder", "coco", "voc"):
-        data = f"{form.lower()}:{Path(path).expanduser().resolve()}"
+    found = path_form(data)
+    if found is not None:
+        data = f"{found[0]}:{Path(found[1]).expanduser().resolve()}"
     return {"model": args.model, "model_key": model_key, "weights": weights, "data": data, "split": args.split,
             "limit": args.limit, "size": args.size, "targets": args.targets, "on_error": args.on_error}
 
