@@ -66,7 +66,7 @@ def _split_list(text: str, what: str) -> list[str]:
 
 def _identity(args: argparse.Namespace) -> dict[str, Any]:
     """What, besides methods and metrics, decides the per-image values (for the resume fingerprint)."""
-    from sycam.evaluate import file_digest
+    from sycam.files import file_digest
 
     weights: Any = None
     if args.weights is not None:
@@ -91,8 +91,7 @@ def _identity(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(name: str, args: argparse.Namespace) -> int:
     """Run ``sycam evaluate``; user errors raise :class:`SycamError`."""
-    from sycam.evaluate import (
-        check_writable,
+    from sycam.evaluation import (
         default_out_dir,
         evaluate,
         format_table,
@@ -102,6 +101,7 @@ def run(name: str, args: argparse.Namespace) -> int:
         resolve_methods,
         resolve_metrics,
     )
+    from sycam.files import check_writable
 
     if args.limit is not None and args.limit < 1:
         raise SycamError(f"--limit must be a positive integer, got {args.limit}")

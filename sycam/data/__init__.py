@@ -21,7 +21,6 @@ spec               what it gives
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,15 +49,18 @@ FORMS = ("builtin",) + tuple(f"{form}:PATH" for form in PATH_FORMS)
 #: the forms as the command line's help says them
 FORMS_HELP = "builtin (default), " + ", ".join(FORMS[1:-1]) + " or " + FORMS[-1]
 
-# the torch-using members load on first use, so that the command line can build its help (and
-# read the forms above) without importing torch
-_LAZY = {"Batch": "base", "Dataset": "base", "Sample": "base", "collate": "base", "DataError": "_io",
-         "RecordDataset": "_io"}
-
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"sycam.data.{_LAZY[name]}"), name)
+    # the torch-using members load on first use, so that the command line can build its help (and
+    # read the forms above) without importing torch
+    if name in ("Batch", "Dataset", "Sample", "collate"):
+        from sycam.data import base
+
+        return getattr(base, name)
+    if name in ("DataError", "RecordDataset"):
+        from sycam.data import _io
+
+        return getattr(_io, name)
     raise AttributeError(f"module 'sycam.data' has no attribute {name!r}")
 
 
