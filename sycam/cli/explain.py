@@ -68,7 +68,7 @@ def run(name: str, args: argparse.Namespace) -> int:
         target = int(probs.argmax()) if args.target is None else args.target
         if not 0 <= target < bundle.num_classes:
             raise SycamError(f"--target {target} is out of range: the model has {bundle.num_classes} classes")
-        cam = explainer(inputs, target)[0]
+        cam = explainer(image01[None], target)[0]  # the explainer normalises with the bundle
         dest = out / f"{Path(path).stem}.{_slug(args.program)}.png"
         save_overlay(dest, image01.cpu(), cam.cpu(), alpha=args.alpha)
         print(f"{path}: explained class {target} ({names[target]}, p={float(probs[target]):.3f}) -> {dest}")
