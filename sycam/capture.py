@@ -4,6 +4,11 @@
 forward pass and one ``torch.autograd.grad`` of the summed target score with respect to the
 hooked outputs that need gradients, and optionally the Score-CAM channel scores ``S`` and the
 Ablation-CAM score drops ``D``. The model comes back exactly as it was.
+
+Why one module of ~480 lines: the forward/backward pass, the score definitions it differentiates
+and the masked passes behind ``S`` and ``D`` share one protocol for hooking the model and putting
+it back (mode, hooks, ``.grad``, ``requires_grad``) and one set of input checks; split apart, each
+part would need its own copy of that protocol.
 """
 from __future__ import annotations
 
