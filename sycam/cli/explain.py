@@ -49,13 +49,10 @@ def run(name: str, args: argparse.Namespace) -> int:
     from sycam._state import eval_mode
     from sycam.data._io import image_to_tensor, load_rgb
     from sycam.explainer import Explainer
+    from sycam.files import check_writable
     from sycam.viz import save_overlay
 
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise SycamError(f"cannot create the output folder {out}: {err.strerror or err}") from None
+    out = check_writable(args.out)  # before the first image is explained
     explainer = Explainer(bundle, args.program, layers=args.layer, params=_params(args.param))
     size = bundle.input_size[0]
     model_device = next(bundle.module.parameters()).device

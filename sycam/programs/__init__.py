@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sycam.errors import SycamError
 from sycam.lang import ast as A
+from sycam.lang.ops import TERMINALS
 from sycam.lang.parse import parse
 
 PROGRAM_DIR = Path(__file__).resolve().parent
@@ -77,7 +78,7 @@ def resolve_program(spec: A.Program | str | Path, text: bool = True) -> A.Progra
             raise SycamError(f"cannot read program file {path}: {err.strerror or err}") from None
         return parse(source)
     word = str(spec).strip()
-    if not text or (re.fullmatch(r"[A-Za-z_][A-Za-z0-9_+-]*", word) and word not in ("A", "G", "S", "D", "Y")):
+    if not text or (re.fullmatch(r"[A-Za-z_][A-Za-z0-9_+-]*", word) and word not in TERMINALS):
         close = difflib.get_close_matches(word.lower(), list_programs() + list(ALIASES), n=3)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         raise SycamError(f"unknown program '{word}'{hint} (reference programs: {', '.join(list_programs())}; "
