@@ -15,6 +15,7 @@ module                 its job
 =====================  ======================================================================
 
 The names below are the public interface; :func:`evaluate` is the API call behind the command.
+Atomic writes, folder checks and file digests live in :mod:`sycam.files`.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from sycam.evaluation.methods import Method, available_methods, parse_params, re
 from sycam.evaluation.report import format_table
 from sycam.evaluation.results import EvalResult, Summary
 from sycam.evaluation.resume import default_out_dir, make_fingerprint, prepare_out
-from sycam.files import check_writable, file_digest
 
 __all__ = [
     "BASELINES",
@@ -33,10 +33,8 @@ __all__ = [
     "Summary",
     "available_methods",
     "baseline_maps",
-    "check_writable",
     "default_out_dir",
     "evaluate",
-    "file_digest",
     "format_table",
     "make_fingerprint",
     "metric_inputs",
