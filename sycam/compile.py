@@ -176,7 +176,7 @@ class CompiledProgram:
         ``chunk_size`` images (all at once by default)."""
         batch = int(caps.Y.shape[0])
         step = chunk_size or batch
-        outs = [self._finish(self.raw(_slice(caps, i, i + step), params), caps.input_size, i)
+        outs = [self._finish(self.raw(caps.take(slice(i, i + step)), params), caps.input_size, i)
                 for i in range(0, batch, step)]
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
@@ -267,14 +267,6 @@ class CompiledProgram:
             return None
         out = [K.weighted_sum_c(*((a, b) if a.ndim == 2 else (b, a)), mean=kind == "mean") for a, b in pairs]
         return out if isinstance(left, list) else out[0]
-
-
-def _slice(caps: Captures, i: int, j: int) -> Captures:
-    if i == 0 and j >= int(caps.Y.shape[0]):
-        return caps
-    cut = lambda d: {k: v[i:j] for k, v in d.items()}  # noqa: E731
-    return Captures(A=cut(caps.A), G=cut(caps.G), S=cut(caps.S), D=cut(caps.D), Y=caps.Y[i:j],
-                    logits=caps.logits[i:j], input_size=caps.input_size)
 
 
 def compile_program(program: A.Program | str, module: nn.Module, default_layer: str | None = None,

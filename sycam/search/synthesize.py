@@ -23,9 +23,10 @@ import torch
 from tqdm.auto import tqdm
 
 from sycam.workbench import Workbench, mean_score, merge_requests, score_streaming
-from sycam.capture import CaptureRequest, Captures
+from sycam.capture import CaptureRequest
 from sycam.compile import CompiledProgram
 from sycam.errors import ProgramRuntimeError, SycamError
+from sycam.files import check_writable
 from sycam.lang import ast as A
 from sycam.lang.canon import canonical_hash, canonical_text
 from sycam.lang.parse import grammar_hash, parse
@@ -87,17 +88,6 @@ class SynthConfig:
         return Path(self.out or os.path.join("sycam-out", self.study_name))
 
 
-def check_out_dir(path: Path) -> None:
-    """Fail before any work when the output folder cannot be written."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".sycam-write-test-{os.getpid()}"
-        probe.write_bytes(b"x" * 4096)
-        probe.unlink()
-    except OSError as err:
-        raise SycamError(f"cannot write to the output folder {path}: {err.strerror or err}") from None
-
-
 def _device(name: str | None) -> torch.device:
     if name:
         return torch.device(name)
@@ -118,12 +108,6 @@ def _search_request(bench_resolver, score: A.ScoreSpec, selections: tuple[str, .
     convs = bench_resolver.convs if "convs" in selections else []
     layers = list(dict.fromkeys(convs + bench_resolver.stages + [bench_resolver.default]))
     return CaptureRequest(layers=tuple(layers), grad_layers=frozenset(layers), score=score)
-
-
-def _probe(caps: Captures, n: int) -> Captures:
-    cut = lambda d: {k: v[:n] for k, v in d.items()}  # noqa: E731
-    return Captures(A=cut(caps.A), G=cut(caps.G), S=cut(caps.S), D=cut(caps.D), Y=caps.Y[:n], logits=caps.logits[:n],
-                    input_size=caps.input_size)
 
 
 class Journal:
@@ -180,7 +164,7 @@ class Synthesis:
         self.cfg = cfg
         self.metrics = [get_metric(m) for m in cfg.metrics]
         self.out = cfg.out_dir
-        check_out_dir(self.out)
+        check_writable(self.out)  # before any work
         torch.manual_seed(cfg.seed)
         self.device = _device(cfg.device)
         self.bundle = load_model(cfg.model, cfg.weights, device=self.device)
@@ -211,7 +195,7 @@ class Synthesis:
         resolver = Workbench(self.bundle, self.datasets["train"], CaptureRequest(layers=())).resolver
         self.selections = search_selections(resolver)
         train = self.bench("train", _search_request(resolver, A.ScoreSpec(), self.selections)).load()
-        probe = _probe(train.batches[0].caps, 16)
+        probe = train.batches[0].caps.take(slice(0, 16))
         constraints = None
         if cfg.sanity == "require":  # Optuna's sampler learns to avoid programs that fail a sanity check
             sanity = self.sanity_bench("train", train.request)
