@@ -785,10 +785,12 @@ def _run_batch(meths: Sequence[Method], mets: Sequence[Metric], compiled: Mappin
         if m.kind == "program":
             maps, good = _program_maps(compiled[m.name], group_caps[group_of[m.name]], pvalues[m.name])
             explain = wb.explain_fn(compiled[m.name], pvalues[m.name])
+            explain_with = wb.explain_with(compiled[m.name], pvalues[m.name])
         else:
             maps = baseline_maps(m.name, b, size, batch.images.device, seed, [[int(j)] for j in idx])
             good = torch.ones(b, dtype=torch.bool, device=batch.images.device)
             explain = _baseline_explain(m.name, seed, int(idx[0]))
+            explain_with = lambda _module, x, t, f=explain: f(x, t)  # noqa: E731 - a baseline ignores the model
         _sync(dev)
         method_s[i] = time.perf_counter() - t0
         good_np = good.cpu().numpy()
@@ -804,11 +806,20 @@ def _run_batch(meths: Sequence[Method], mets: Sequence[Metric], compiled: Mappin
         images = batch.images if all_good else batch.images[sel]
         targets = tgt if all_good else tgt[sel]
         masks = batch.masks if (all_good or batch.masks is None) else batch.masks[sel]
+        logits = None
+        if any("logits" in k.needs for k in mets):  # the model's logits on the batch, from a capture
+            caps_m = group_caps.get(group_of.get(m.name, ""), next(iter(group_caps.values()), None))
+            logits = caps_m.logits if caps_m is not None else wb.logits(batch.images)
+            logits = logits if all_good else logits[sel]
         for j, k in enumerate(mets):
             inputs = MetricInputs(
                 maps=maps, images=images, targets=targets, masks=masks,
                 score_fn=score_fn if "model" in k.needs else None,
                 explain_fn=explain if "explainer" in k.needs else None,
+                logits=logits if "logits" in k.needs else None,
+                model=wb.bundle.module if "weights" in k.needs else None,
+                explain_with=explain_with if "weights" in k.needs else None,
+                stage_layers=wb.bundle.stage_layers or None,
             )
             _sync(dev)
             t0 = time.perf_counter()
