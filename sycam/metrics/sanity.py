@@ -87,7 +87,7 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
 
 
 def similarity(ref: Tensor, other: Tensor) -> Tensor:
-    """The checks' similarity of a map ``ref`` and the map ``other`` that should differ: (B,).
+    """Class sensitivity's similarity of a map ``ref`` and the map ``other`` for another class: (B,).
 
     :func:`spearman`, except where ``other`` is constant and ``ref`` is not: 0 there (a constant
     map ranks nothing, so it keeps none of ``ref``'s ranking; the convention of
@@ -120,25 +120,30 @@ class ModelRandomisation(Metric):
     (``granularity`` "blocks": the head, then each stage block down to the input; "layers": every
     resettable module, Quantus' order), with θ_k the weights after re-initialising steps 1..k
     (:func:`~sycam.metrics.cascade.cascading_randomisation`, seeded by ``seed``):
-    ``ρ_k = similarity(m_θ(x), m_θk(x))`` (:func:`similarity`: Spearman of the trained model's
-    map, ``inputs.maps``, and the explainer's map on the randomised copy, ``explain_with``, for
-    the same image and target). Adebayo et al. 2018's model parameter randomisation test;
-    Quantus' MPRT (Hedström et al. 2023) with its ``return_average_correlation`` summary.
+    ``ρ_k = spearman(m_θ(x), m_θk(x))`` (:func:`spearman` of the trained model's map,
+    ``inputs.maps``, and the explainer's map on the randomised copy, ``explain_with``, for the same
+    image and target). Adebayo et al. 2018's model parameter randomisation test; Quantus' MPRT
+    (Hedström et al. 2023) with its ``return_average_correlation`` summary.
 
-    Value per image: ``(1/K) Σ_k |ρ_k|``, in [0, 1], lower is better. Why this summary: a single
-    step would judge only part of the network (the head step alone cannot tell a method that
-    depends on the head from one that depends on the whole network: ``mean_c(sq(A))`` at the last
-    stage gives ρ_1 = 1, but is fooled by nothing deeper); the mean over the cascade is the area
-    under Adebayo et al.'s similarity-vs-depth curve and Quantus' average-correlation option. The
-    absolute value: the test asks whether the map still depends on the trained weights, and a
-    map that inverts under randomisation (ρ = −1) depends on them as much as one that stays
-    (ρ = 1); without it an explainer could pass by anti-correlating. Quantus averages signed ρ
-    (and, in 0.6.0, also the ρ = 1 of the unrandomised model: its check skips a key "orig" that
-    is stored as "original"). :meth:`per_step` gives the signed ρ_k.
+    Value per image: the mean of ``|ρ_k|`` over the steps where ρ_k is defined, in [0, 1], lower
+    is better. Why this summary: a single step judges only part of the network (after the head
+    step alone, ``mean_c(sq(A))`` at MobileNetV2's last block keeps ρ ≈ 1, and so does every
+    method that ignores the classifier, while deeper steps separate methods that depend on the
+    features from edge detectors); the mean over the cascade is the area under Adebayo et al.'s
+    similarity-vs-depth curve and Quantus' average-correlation option. The absolute value: the
+    test asks whether the map still depends on the trained weights, and a map that inverts under
+    randomisation (ρ = −1) depends on them as much as one that stays (ρ = 1); without it an
+    explainer could pass by anti-correlating. Quantus averages signed ρ (and, in 0.6.0, also the
+    ρ = 1 of the unrandomised model: its loop skips a key "orig" that is stored as "original").
+    :meth:`per_step` gives the signed ρ_k.
 
-    Edge cases: a constant trained map → NaN (it has no ranking); a constant map on a randomised
-    copy → ρ_k = 0 (:func:`similarity`). Cost: one deep copy of the model per batch and one
-    explainer run (forward + backward) per step: 6 steps for MobileNetV2 by blocks.
+    Edge cases: a constant trained map → NaN (it has no ranking). A constant map on a randomised
+    copy makes that step undefined (NaN in :meth:`per_step`) and it is left out of the mean: an
+    explainer that yields no map once the weights are random has not shown that its map depends
+    on them (``sq(sq(sq(mean_c(sq(A)))))`` underflows to an all-zero map on MobileNetV2's copies
+    randomised below the head, and would score 0 on those steps if a constant counted as
+    "unrelated"). NaN where every step is undefined. Cost: one deep copy of the model per batch
+    and one explainer run (forward + backward) per step: 6 steps for MobileNetV2 by blocks.
     """
 
     name = "randomisation"
@@ -159,7 +164,8 @@ class ModelRandomisation(Metric):
                 f"{self.granularity}, seed={self.seed}, max_steps={self.max_steps})>")
 
     def per_step(self, inputs: MetricInputs, validate: bool = True) -> dict[str, Tensor]:
-        """Signed similarity ρ_k per image for every step, in cascade order: ``{step: (B,)}``."""
+        """Signed Spearman ρ_k per image for every step, in cascade order: ``{step: (B,)}`` (NaN where
+        the trained or the randomised map is constant)."""
         if validate:
             validate_inputs(inputs, self.name, self.needs)
         model, explain_with, images, targets = inputs.model, inputs.explain_with, inputs.images, inputs.targets
@@ -172,15 +178,16 @@ class ModelRandomisation(Metric):
         for name, randomised in cascading_randomisation(model, steps, self.seed):
             maps = _checked_maps(explain_with(randomised, images, targets), want,
                                  f"{self.name}: explain_with (step {name!r})", inputs.maps.device)
-            out[name] = similarity(inputs.maps.float(), maps)
+            out[name] = spearman(inputs.maps.float(), maps)
         return out
 
     @staticmethod
     def summary(per_step: Mapping[str, Tensor]) -> Tensor:
-        """The metric's value from :meth:`per_step`'s output: mean over the steps of |ρ_k|."""
+        """The metric's value from :meth:`per_step`'s output: the mean of |ρ_k| over the steps where
+        it is defined (NaN where none is)."""
         if not per_step:
             raise ValueError("randomisation: no steps to summarise")
-        return torch.stack(list(per_step.values())).abs().mean(0)
+        return torch.stack(list(per_step.values())).abs().nanmean(0)
 
     def compute(self, inputs: MetricInputs) -> Tensor:
         return self.summary(self.per_step(inputs, validate=False))
@@ -195,8 +202,8 @@ class RandomisationTop(ModelRandomisation):
     last stage (unchanged by the head: |ρ_1| = 1) and passes methods whose weights come from the
     gradient of the score. Lower is better, in [0, 1].
 
-    Edge cases: as :class:`ModelRandomisation` (constant trained map → NaN; constant randomised
-    map → 0).
+    Edge cases: NaN where the trained map or the map on the randomised copy is constant (as a step
+    of :class:`ModelRandomisation`).
     """
 
     name = "randomisation_top"
