@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sycam.capture import CaptureRequest, Captures, capture
@@ -33,6 +33,7 @@ from sycam.evaluation.results import EvalResult, assemble
 from sycam.files import check_writable
 from sycam.lang import ast as A
 from sycam.metrics import ExplainFn, Metric, MetricInputs, ScoreFn
+from sycam.metrics.base import ExplainWith
 from sycam.models.bundle import ModelBundle
 from sycam.workbench import Workbench, merge_requests
 
@@ -216,15 +217,22 @@ def _capture_groups(plan: _Plan, caps: Captures, bundle: ModelBundle, wb: Workbe
 
 
 def metric_inputs(metric: Metric, maps: Tensor, images: Tensor, targets: Tensor, masks: Tensor | None,
-                  score_fn: ScoreFn | None, explain_fn: ExplainFn | None) -> MetricInputs:
+                  score_fn: ScoreFn | None, explain_fn: ExplainFn | None, logits: Tensor | None = None,
+                  model: nn.Module | None = None, explain_with: ExplainWith | None = None,
+                  stage_layers: Sequence[str] | None = None) -> MetricInputs:
     """What ``metric`` is given for one method on one batch: the method's ``maps`` of the valid
-    images with those images (in [0, 1]), targets and masks, plus the model's score function and
-    the method as an explainer of new images where the metric needs them (``metric.needs``).
-    The one place the job builds :class:`MetricInputs`."""
+    images with those images (in [0, 1]), targets and masks, plus the model's score function, its
+    logits, the method as an explainer of new images (``explain_fn``) and of the same images with
+    another copy of the model (``explain_with``, for the randomisation check) where the metric
+    needs them (``metric.needs``). The one place the job builds :class:`MetricInputs`."""
     return MetricInputs(
         maps=maps, images=images, targets=targets, masks=masks,
         score_fn=score_fn if "model" in metric.needs else None,
         explain_fn=explain_fn if "explainer" in metric.needs else None,
+        logits=logits if "logits" in metric.needs else None,
+        model=model if "weights" in metric.needs else None,
+        explain_with=explain_with if "weights" in metric.needs else None,
+        stage_layers=stage_layers or None,
     )
 
 
@@ -251,10 +259,12 @@ def _run_batch(meths: Sequence[Method], mets: Sequence[Metric], plan: _Plan, gro
             compiled, pvalues = plan.compiled[m.name], plan.params[m.name]
             maps, good = _program_maps(compiled, group_caps[group_of[m.name]], pvalues)
             explain = wb.explain_fn(compiled, pvalues)
+            explain_with = wb.explain_with(compiled, pvalues)
         else:
             maps = baseline_maps(m.name, b, size, batch.images.device, seed, [[int(j)] for j in idx])
             good = torch.ones(b, dtype=torch.bool, device=batch.images.device)
             explain = baseline_explainer(m.name, seed, int(idx[0]))
+            explain_with = lambda _module, x, t, f=explain: f(x, t)  # noqa: E731 - a baseline ignores the model
         _sync(dev)
         method_s[i] = time.perf_counter() - t0
         good_np = good.cpu().numpy()
@@ -270,8 +280,14 @@ def _run_batch(meths: Sequence[Method], mets: Sequence[Metric], plan: _Plan, gro
         images = batch.images if all_good else batch.images[sel]
         targets = tgt if all_good else tgt[sel]
         masks = batch.masks if (all_good or batch.masks is None) else batch.masks[sel]
+        logits = None
+        if any("logits" in k.needs for k in mets):  # the model's logits on the batch, from a capture
+            caps_m = group_caps.get(group_of.get(m.name, ""), next(iter(group_caps.values()), None))
+            logits = caps_m.logits if caps_m is not None else wb.logits(batch.images)
+            logits = logits if all_good else logits[sel]
         for j, k in enumerate(mets):
-            inputs = metric_inputs(k, maps, images, targets, masks, score_fn, explain)
+            inputs = metric_inputs(k, maps, images, targets, masks, score_fn, explain, logits, wb.bundle.module,
+                                   explain_with, wb.bundle.stage_layers)
             _sync(dev)
             t0 = time.perf_counter()
             try:

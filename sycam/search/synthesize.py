@@ -35,7 +35,7 @@ from sycam.search.enumerate import Enumerator, map_key
 from sycam.search.hall import (MIN_VAL_IMAGES, Row, distinct_structures, fmt, interval, nan_last, paired_difference,
                                pareto_front)
 from sycam.search.report import format_front, format_hall  # noqa: F401  (re-exported)
-from sycam.search.sanity import CHECKS, SanityBench, failures
+from sycam.search.sanity import CHECKS, SanityBench, failures, thresholds
 from sycam.search.space import Derivation, derive
 from sycam.search.study import Candidate, Objective, completed, enqueue, open_storage, open_study, record
 
@@ -199,11 +199,11 @@ class Synthesis:
         constraints = None
         if cfg.sanity == "require":  # Optuna's sampler learns to avoid programs that fail a sanity check
             sanity = self.sanity_bench("train", train.request)
-            thresholds = _thresholds()
+            limit = thresholds()
 
-            def constraints(cand: Candidate) -> dict[str, float]:
+            def constraints(cand: Candidate) -> dict[str, float]:  # <= 0 feasible; undefined fails
                 values = sanity.values(train.compile(cand.program), cand.params)
-                return {c: (-1.0 if math.isnan(values[c]) else values[c] - thresholds[c]) for c in CHECKS}
+                return {c: (1.0 if math.isnan(values[c]) else values[c] - limit[c]) for c in CHECKS}
         self.search_t0 = time.perf_counter()  # the budget counts search time, not model loading or captures
 
         # 1. the enumerator's programs, scored directly on the cached captures (no per-candidate
@@ -430,7 +430,7 @@ class Synthesis:
                                                     seed=cfg.seed)
                 comparisons[label] = {"reference": ref.name, "difference": mean, "ci": [lo, hi], "images": n}
         self._write_outputs(hall, ref_rows, self.bench("test", request))
-        return {"metric": primary.name, "sanity": cfg.sanity, "thresholds": _thresholds() if cfg.sanity != "off" else {},
+        return {"metric": primary.name, "sanity": cfg.sanity, "thresholds": thresholds() if cfg.sanity != "off" else {},
                 "best": asdict(best), "best_reference": asdict(best_ref) if best_ref else None,
                 "comparisons": comparisons, "warnings": warnings, "no_worse_than": cfg.no_worse_than,
                 "hall_of_fame": [asdict(r) for r in hall], "references": [asdict(r) for r in ref_rows],
@@ -567,11 +567,5 @@ def _with_defaults(program: A.Program, params: dict[str, float]) -> A.Program:
         text = re.sub(r"\?" + re.escape(name) + r"(:\[[^\]]*\])?(=[-0-9.e+]+)?",
                       lambda m: f"?{name}{m.group(1) or ''}={fmt_number(round(value, 4))}", text)
     return parse(text)
-
-
-def _thresholds() -> dict[str, float]:
-    from sycam.metrics.sanity import THRESHOLDS
-
-    return {c: THRESHOLDS[c] for c in CHECKS}
 
 
