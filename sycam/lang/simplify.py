@@ -77,7 +77,7 @@ from sycam.lang import ast as A
 from sycam.lang import symform
 from sycam.lang import types as T
 from sycam.lang.parse import parse
-from sycam.lang.pretty import pretty, pretty_expr
+from sycam.lang.pretty import fmt_number, pretty, pretty_expr
 
 MODES = ("exact", "safe", "nonzero")
 EPS = symform.EPS  # sycam.kernels.EPS (the language knows nothing of torch; a test compares them)
@@ -126,9 +126,7 @@ def _literal(x: float) -> A.Num | None:
         if _f32(float(text)) == target:
             break
     value = float(text)
-    if value == int(value) and abs(value) < 1e15:
-        text = str(int(value))
-    return A.Num(value) if len(text.lstrip("-")) <= MAX_LITERAL_CHARS else None
+    return A.Num(value) if len(fmt_number(value).lstrip("-")) <= MAX_LITERAL_CHARS else None
 
 
 def _safe_den(b: float) -> float:
@@ -482,9 +480,9 @@ class _Simplifier:
             if _num(x, 0):
                 yield A.Num(0.0), False  # 0 / b = 0: the guard keeps b away from 0
             if x == y:
-                if self.nonzero:
+                if self.nonzero:  # 1 where a Scalar; elsewhere the parent cancels it (x / x * A -> A)
                     yield A.Num(1.0), False
-                if self.mode != "exact":
+                elif self.mode == "safe":
                     yield _call("sign", _call("abs", x)), True
 
     def _pow(self, node: A.Pow) -> Iterator[tuple[A.Expr, bool]]:
@@ -558,7 +556,8 @@ class _Simplifier:
             lit = _literal(float(form)) if form.is_finite and form.is_real else None
             if lit is not None:
                 yield lit
-        subs = sorted({k for k in A.walk(node) if not isinstance(k, (A.Num, A.Param))} - {node}, key=A.size)
+        found = dict.fromkeys(k for k in A.walk(node) if not isinstance(k, (A.Num, A.Param)) and k != node)
+        subs = sorted(found, key=A.size)  # stable: among equal sizes the first in print order
         for k in subs:
             try:
                 kform = symform.sym(k, self.nonzero)
