@@ -111,6 +111,10 @@ RULES = [
     ("exp(sign(sign(sum_c(A))))", "exp(sign(sum_c(A)))"),
     ("exp(norm(norm(sum_c(A))))", "exp(norm(sum_c(A)))"),
     ("exp(zscore(zscore(sum_c(A))))", "exp(zscore(sum_c(A)))"),
+    ("exp(sq(sign(abs(sum_c(A)))))", "exp(sign(abs(sum_c(A))))"),
+    ("exp(sqrt(sign(relu(sum_c(A)))))", "exp(sign(relu(sum_c(A))))"),
+    ("exp(sq(sign(sum_c(A))))", "exp(sq(sign(sum_c(A))))"),  # -1, 0 or 1: sq is abs here, same size
+    ("sum_c(A) * sq(mean_c(mean_hw(G)) / mean_c(mean_hw(G)))", "sum_c(A) * sign(abs(mean_c(mean_hw(G))))"),
     # integer powers
     ("exp((sum_c(A)^3)^2)", "exp(sum_c(A)^6)"),
     ("exp(sq(sum_c(A)^3))", "exp(sum_c(A)^6)"),

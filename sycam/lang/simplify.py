@@ -23,6 +23,7 @@ exact. The rules:
 - signs: ``neg(neg(x))`` -> ``x``, ``abs(neg(x))`` -> ``abs(x)``, ``sq(neg(x))``, ``sq(abs(x))`` ->
   ``sq(x)``, ``x - neg(y)`` -> ``x + y``, ``x + neg(y)``, ``neg(y) + x`` -> ``x - y``,
   ``neg(x) * neg(y)`` -> ``x * y``;
+- ``sq(x)``, ``sqrt(x)`` -> ``x`` where ``x`` is 0 or 1 provably (``sign(abs(y))``);
 - ``relu(x)``, ``abs(x)`` -> ``x`` where ``x >= 0`` provably (``relu(relu x)``, ``relu(sq x)``,
   ``abs(sq x)``, ``abs(abs x)``, ``relu(norm x)``, ...); ``sqrt(sq(x))`` -> ``abs(x)``,
   ``sq(sqrt(x))`` -> ``relu(x)``; idempotence of ``norm``, ``zscore``, ``sign``;
@@ -340,6 +341,11 @@ class _Simplifier:
                 return False
         return False
 
+    def indicator(self, node: A.Expr) -> bool:
+        """Provably 0 or 1 everywhere: ``sign`` of a non-negative value (``sign(abs(x))``, what
+        ``x / x`` becomes)."""
+        return _is(node, "sign") and self.nonneg(node.args[0])  # type: ignore[union-attr]
+
     # -------------------------------------------------------------- traversal
     def rewrite(self, node: A.Expr, ctx: _Ctx) -> A.Expr:
         key = (node, ctx)
@@ -508,6 +514,8 @@ class _Simplifier:
             yield x
         if fn == "abs" and _is(x, "neg"):
             yield _call("abs", x.args[0])  # type: ignore[union-attr]
+        if fn in ("sq", "sqrt") and self.indicator(x):
+            yield x
         if fn == "sq":
             if _is(x, "neg") or _is(x, "abs"):
                 yield _call("sq", x.args[0])  # type: ignore[union-attr]
@@ -605,17 +613,28 @@ def _fixpoint(program: A.Program, mode: str) -> A.Program:
     return out
 
 
+_CACHE: dict[tuple[A.Program, str], A.Program] = {}
+_CACHE_SIZE = 4096
+
+
 def simplify(program: A.Program, mode: str = "safe") -> A.Program:
     """``program`` without redundant pieces, computing the same CAM method (see the module doc for
     what ``mode`` allows: ``"exact"``, ``"safe"`` (default) or ``"nonzero"``).
 
     The result type-checks; should a rewrite ever break that (a bug), the program comes back as
     given rather than failing the caller (the tests call the unchecked rewriter)."""
+    key = (program, mode)
+    hit = _CACHE.get(key)
+    if hit is not None:
+        return hit
     out = _fixpoint(program, mode)
     try:
         T.check(out)
     except ProgramError:  # pragma: no cover - a bug in a rule; tests/test_simplify.py guards it
-        return program
+        out = program
+    if len(_CACHE) >= _CACHE_SIZE:
+        _CACHE.clear()
+    _CACHE[key] = _CACHE[(out, mode)] = out  # a simplified program is its own simplification
     return out
 
 

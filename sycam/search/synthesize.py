@@ -27,9 +27,10 @@ from sycam.capture import CaptureRequest, Captures
 from sycam.compile import CompiledProgram
 from sycam.errors import ProgramRuntimeError, SycamError
 from sycam.lang import ast as A
-from sycam.lang.canon import canonical_hash, canonical_text
+from sycam.lang.canon import canonical_hash
 from sycam.lang.parse import grammar_hash, parse
 from sycam.lang.pretty import fmt_number, pretty
+from sycam.lang.simplify import simplified_text, simplify
 from sycam.search.enumerate import Enumerator, map_key
 from sycam.search.space import Derivation, derive
 from sycam.search.study import Candidate, Objective, completed, enqueue, open_storage, open_study, record, unique_best
@@ -156,17 +157,15 @@ class Row:
 
 
 def _simplified(program: str) -> str:
-    """The canonical form as text where it reads better than the program (TPE samples ``A + A``:
-    ``2*A``): not for multi-layer programs (sympy spells each/fuse in its internal notation and
-    drops parameter defaults), not when longer, not for a mere reordering of operands."""
+    """What the hall of fame shows beside a program: its simplified form (:mod:`sycam.lang.simplify`),
+    written as sympy's canonical form in sycam's syntax where that is shorter, multi-layer programs
+    included; "" where the program is already as short as it gets."""
     try:
-        text = canonical_text(parse(program))
-    except Exception:  # display only: a form sympy cannot render is simply not shown
+        given = parse(program)
+        simple = simplify(given)
+        return simplified_text(simple) or (pretty(simple) if simple != given else "")
+    except Exception:  # display only: a form that cannot be rendered is simply not shown
         return ""
-    compact, given = text.replace(" ", ""), program.replace(" ", "")
-    if "#" in text or "?" in text or len(compact) > len(given) or sorted(compact) == sorted(given):
-        return ""
-    return text
 
 
 class Synthesis:
