@@ -84,7 +84,7 @@ MODES = ("exact", "safe", "nonzero")
 EPS = symform.EPS  # sycam.kernels.EPS (the language knows nothing of torch; a test compares them)
 EXP_CLAMP = 80.0  # sycam.kernels.EXP_CLAMP
 MAX_EXPONENT = T.MAX_EXPONENT
-MAX_LITERAL_CHARS = 10  # constant folding keeps a literal readable: 1/3 is folded, 1/7 too, pi-like digits not
+MAX_LITERAL_CHARS = 7  # folding keeps literals readable: 0.1 + 0.2 -> 0.3, but 1 / 3 and exp(1) stay
 
 
 @dataclass(frozen=True)
@@ -583,7 +583,7 @@ class _Simplifier:
                 yield _call("neg", k)
             else:
                 lit = _literal(float(c))
-                if lit is not None:
+                if lit is not None and symform.sym(lit) == c:  # 2/3 stays 2 * (x / 3), not 0.6666667 * x
                     yield A.BinOp("*", lit, k)
 
 
