@@ -153,7 +153,7 @@ class Row:
     train: dict[str, float] = field(default_factory=dict)
     val: dict[str, float] = field(default_factory=dict)
     test: dict[str, float] = field(default_factory=dict)
-    simplified: str = ""  # sympy's canonical form, where it reads differently (e.g. A + A -> 2*A)
+    simplified: str = ""  # the simplified form (sycam.lang.simplify), where shorter than the program
 
 
 def _simplified(program: str) -> str:
