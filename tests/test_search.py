@@ -121,8 +121,12 @@ def test_enumerated_values_match_the_compiler():
 def test_hall_of_fame_shows_the_simplified_form_only_where_it_is_shorter():
     from sycam.search.synthesize import _simplified
 
-    assert _simplified("A + A") == "2*A"
-    assert _simplified("norm(2 * relu(A))") == "norm(relu(A))"
+    assert _simplified("sum_c(A + A)") == "sum_c(A)"
+    assert _simplified("norm(2 * relu(sum_c(A)))") == "relu(sum_c(A))"
+    assert _simplified("sq(sq(sum_c(sq(A))))") == "sum_c(sq(A))^4"  # sympy's form, in sycam's syntax
     assert _simplified("relu(sum_c(mean_hw(G) * A))") == ""  # only the operands' order would change
-    # multi-layer programs: sympy's internal spelling of each/fuse is never shown
-    assert _simplified("fuse(each(convs, norm(relu(A) + relu(A))), mean)") == ""
+    assert _simplified("sum_c(mean_hw(G) / mean_hw(G) * A)") == "sum_c(sign(abs(mean_hw(G))) * A)"
+    # multi-layer programs too, in sycam's own syntax
+    assert _simplified("fuse(each(convs, norm(relu(sum_c(A)) + relu(sum_c(A)))), mean)") == \
+        "fuse(each(convs, norm(relu(sum_c(A)))), mean)"
+    assert _simplified("not a program (") == ""

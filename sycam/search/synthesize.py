@@ -28,9 +28,10 @@ from sycam.compile import CompiledProgram
 from sycam.errors import ProgramRuntimeError, SycamError
 from sycam.files import check_writable
 from sycam.lang import ast as A
-from sycam.lang.canon import canonical_hash, canonical_text
+from sycam.lang.canon import canonical_hash
 from sycam.lang.parse import grammar_hash, parse
 from sycam.lang.pretty import fmt_number, pretty
+from sycam.lang.simplify import simplified_text, simplify
 from sycam.search.enumerate import Enumerator, map_key
 from sycam.search.hall import (MIN_VAL_IMAGES, Row, distinct_structures, fmt, interval, nan_last, paired_difference,
                                pareto_front)
@@ -138,17 +139,15 @@ class Journal:
 
 
 def _simplified(program: str) -> str:
-    """The canonical form as text where it reads better than the program (TPE samples ``A + A``:
-    ``2*A``): not for multi-layer programs (sympy spells each/fuse in its internal notation and
-    drops parameter defaults), not when longer, not for a mere reordering of operands."""
+    """What the hall of fame shows beside a program: its simplified form (:mod:`sycam.lang.simplify`),
+    written as sympy's canonical form in sycam's syntax where that is shorter, multi-layer programs
+    included; "" where the program is already as short as it gets."""
     try:
-        text = canonical_text(parse(program))
-    except Exception:  # display only: a form sympy cannot render is simply not shown
+        given = parse(program)
+        simple = simplify(given)
+        return simplified_text(simple) or (pretty(simple) if simple != given else "")
+    except Exception:  # display only: a form that cannot be rendered is simply not shown
         return ""
-    compact, given = text.replace(" ", ""), program.replace(" ", "")
-    if "#" in text or "?" in text or len(compact) > len(given) or sorted(compact) == sorted(given):
-        return ""
-    return text
 
 
 class Synthesis:
@@ -321,14 +320,21 @@ class Synthesis:
 
     # ------------------------------------------------------------------ selection and outputs
     def _rows_from_trials(self, trials) -> list[Row]:
-        rows = []
+        """Hall-of-fame rows, each program simplified (no ``x / x`` or ``x + x`` is ever printed or
+        written to a ``.cam`` file); trials that simplify to the same program are one row (the first:
+        trials come best first)."""
+        rows, seen = [], set()
         for t in trials:
             params = {k[len("param:"):]: v for k, v in t.params.items() if k.startswith("param:")}
             source = t.user_attrs.get("source", t.system_attrs.get("fixed_params") and "queued" or "optuna")
-            program = t.user_attrs["program"]
+            simple = simplify(parse(t.user_attrs["program"]))
+            program = pretty(simple)
+            if program in seen:
+                continue
+            seen.add(program)
             if params:  # show (and later write) the tuned values as the parameters' defaults
-                program = pretty(_with_defaults(parse(program), params))
-            rows.append(Row(name=f"trial{t.number}", program=program, size=int(t.user_attrs["size"]),
+                program = pretty(_with_defaults(simple, params))
+            rows.append(Row(name=f"trial{t.number}", program=program, size=A.size(simple.body),
                             source=str(source), params=params,
                             train={m.name: v for m, v in zip(self.metrics, t.values)},
                             simplified=_simplified(program), structure=str(t.user_attrs.get("canon", ""))))
