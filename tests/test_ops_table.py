@@ -419,6 +419,6 @@ def test_the_language_imports_without_torch() -> None:
     code = ("import sys; import sycam.lang, sycam.lang.ops, sycam.lang.types, sycam.lang.canon, sycam.lang.parse; "
             "sys.exit('torch' in sys.modules)")
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+    done = subprocess.run([sys.executable, "-c", code], check=False, cwd=root, capture_output=True, text=True, timeout=120,
                           env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr or "sycam.lang imported torch"

@@ -23,10 +23,10 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> None:
-    from sycam.capture import CaptureRequest
-    from sycam.data import open_dataset
     import sympy
 
+    from sycam.capture import CaptureRequest
+    from sycam.data import open_dataset
     from sycam.lang import ast as A
     from sycam.lang.canon import _canon_cached
     from sycam.lang.pretty import pretty

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from sycam.errors import ProgramTypeError
 from sycam.lang import ast as A
-from sycam.lang.ops import MAX_EXPONENT, Applied, OpSpec, operator_of
+from sycam.lang.ops import Applied, OpSpec, operator_of
 from sycam.lang.pretty import _selection
 
 _AXES = {"Scalar": frozenset(), "Channels": frozenset("C"), "Map": frozenset("HW"), "Tensor": frozenset("CHW")}
