@@ -104,7 +104,8 @@ def test_value_key_ignores_float_noise_but_not_differences():
 
 
 def test_enumerated_values_match_the_compiler():
-    # the enumerator evaluates sub-expressions itself; they must agree with the compiled program
+    # the enumerator evaluates sub-expressions on the probe (through compile.eval_op); they must agree
+    # with the compiled program (which computes sum_c(w * T) as one matrix product)
     model = tiny_cnn()
     caps, resolver = probe_captures(model)
     enum = Enumerator(caps, resolver, max_size=6, lifted=0)
