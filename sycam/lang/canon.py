@@ -93,6 +93,8 @@ def to_sympy(node: A.Expr) -> sp.Expr:
         return sp.Symbol(node.kind + _layer_suffix(node.layer))
     if isinstance(node, A.Var):
         return sp.Symbol("$" + node.name)
+    if isinstance(node, A.Call) and node.fn.endswith("#"):  # an opaque stand-in (sycam.lang.symform's div#, pow#)
+        return _fn(node.fn)(*[to_sympy(a) for a in node.args])
     if isinstance(node, (A.BinOp, A.Pow, A.Call)):
         spec, operands = operator_of(node)
         args = [to_sympy(a) for a in operands]

@@ -15,11 +15,12 @@ from typing import Mapping
 from sycam.lang import ast as A
 from sycam.lang import symform
 from sycam.lang import types as T
+from sycam.lang.ops import MAX_EXPONENT as MAX_EXPONENT_OF_POW
 from sycam.lang.pretty import fmt_number
 
 EPS = symform.EPS  # sycam.kernels.EPS, the division guard
 EXP_CLAMP = 80.0  # sycam.kernels.EXP_CLAMP
-MAX_EXPONENT = T.MAX_EXPONENT  # sycam.kernels.MAX_EXPONENT
+MAX_EXPONENT = MAX_EXPONENT_OF_POW  # sycam.kernels.MAX_EXPONENT
 MAX_LITERAL_CHARS = 7  # folding keeps literals readable: 0.1 + 0.2 -> 0.3, but 1 / 3 and exp(1) stay
 
 _NONNEG = {"relu", "abs", "sq", "exp", "sqrt", "sigmoid", "norm", "softmax_c"}  # >= 0 whatever x
