@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     from sycam.lang.pretty import pretty
     from sycam.models import load_model
     from sycam.search.enumerate import Enumerator
-    from sycam.search.synthesize import _probe, _search_request, search_selections
+    from sycam.search.synthesize import _search_request, search_selections
     from sycam.workbench import Workbench
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     selections = search_selections(resolver)
     train = Workbench(bundle, data, _search_request(resolver, A.ScoreSpec(), selections), batch_size=64,
                       progress=False).load()
-    probe = _probe(train.batches[0].caps, 16)
+    probe = train.batches[0].caps.take(slice(0, 16))
 
     seconds: list[float] = []
     cpu: list[float] = []
