@@ -1,7 +1,7 @@
 """Calibration of the sanity checks (sycam.metrics.sanity) on MobileNetV2 with its real ImageNet weights.
 
 Usage: python experiments/sanity_calibration.py [--limit 100] [--shared ../shared] [--device cpu]
-                                                [--part calibration|cli|all]
+                                                [--part calibration|cli|report|all]
 
 ``calibration``: on the first ``--limit`` images of ``shared/data/imagenet-val-dev`` (split all, each
 image explained for its label), measures for every method the four sanity metrics and the signed
@@ -15,6 +15,8 @@ Gaussian ``center``) and a random map per call (``random``, the chance level). W
 randomisation,class_sensitivity`` on Grad-CAM, ``mean_c(sq(A))`` and ``center``; writes
 ``experiments/sanity/cli_check.md`` and exits 1 unless Grad-CAM passes both checks
 (sycam.metrics.sanity.passes) and the two class-blind methods fail both.
+
+``report``: re-renders calibration.md, cascade.png from calibration.json (no computation).
 """
 from __future__ import annotations
 
@@ -26,7 +28,6 @@ import json
 import platform
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -174,15 +175,22 @@ def summarise(values, steps):
     return rows
 
 
-def propose(cell) -> dict[str, dict[str, float]]:
-    """Per check: the chance level (random), the weakest class-blind control (the lowest mean of
-    mean_c(sq(A)), sq(sq(sq(mean_c(sq(A))))) and center) and the midpoint of the two."""
-    out = {}
+def propose(cell) -> dict[str, dict[str, object]]:
+    """Per check: chance (the random map's mean), blind (the control blind to what the check
+    perturbs: for the randomisation checks ``center``, the one map that depends on no weight; for
+    class sensitivity the lowest mean of the class-blind controls) and their midpoint. For the
+    randomisation checks the weakest class-blind program (which reads activations, so depends on
+    the weights below its layer) and the midpoint it would give are reported beside."""
+    out: dict[str, dict[str, object]] = {}
     for k in CHECKS:
-        chance = cell[("random", k)]["mean"]
-        blind_name = min(BLIND, key=lambda m: cell[(m, k)]["mean"])
-        blind = cell[(blind_name, k)]["mean"]
-        out[k] = {"chance": chance, "blind": blind, "blind_method": blind_name, "midpoint": (chance + blind) / 2}
+        chance = float(cell[("random", k)]["mean"])
+        pool = ["center"] if k.startswith("randomisation") else BLIND
+        blind_name = min(pool, key=lambda m: cell[(m, k)]["mean"])
+        blind = float(cell[(blind_name, k)]["mean"])
+        alt_name = min(CONTROLS, key=lambda m: cell[(m, k)]["mean"])
+        alt = float(cell[(alt_name, k)]["mean"])
+        out[k] = {"chance": chance, "blind": blind, "blind_method": blind_name, "midpoint": (chance + blind) / 2,
+                  "weakest_program": alt_name, "weakest_program_value": alt, "weakest_midpoint": (chance + alt) / 2}
     return out
 
 
@@ -192,14 +200,15 @@ def plot(cell, steps, methods, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5))
+    fig, ax = plt.subplots(figsize=(11, 5))
     x = np.arange(len(steps))
-    for m in methods:
+    colors = plt.cm.tab20(np.linspace(0, 1, 20))[::2].tolist() + plt.cm.tab20(np.linspace(0, 1, 20))[1::2].tolist()
+    for i, m in enumerate(methods):
         mean = np.array([cell[(m, f"rho:{s}")]["mean"] for s in steps])
         lo = np.array([cell[(m, f"rho:{s}")]["lo"] for s in steps])
         hi = np.array([cell[(m, f"rho:{s}")]["hi"] for s in steps])
         style = "--" if m in BLIND else (":" if m == "random" else "-")
-        line, = ax.plot(x, mean, style, marker="o", ms=3, label=m)
+        line, = ax.plot(x, mean, style, marker="o", ms=3, label=m, color=colors[i % len(colors)])
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.12)
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xticks(x, ["head"] + [f"…{s}" for s in steps[1:]], rotation=30, ha="right", fontsize=8)
@@ -207,7 +216,7 @@ def plot(cell, steps, methods, path: Path) -> None:
     ax.set_ylabel("Spearman ρ (trained vs randomised map)")
     ax.set_ylim(-0.4, 1.05)
     ax.set_title("MobileNetV2 (ImageNet weights): model randomisation, mean and 95% CI over images")
-    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="identical: gradcam,\nxgradcam, hirescam", title_fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -217,25 +226,25 @@ def _f(v: float) -> str:
     return "nan" if v != v else f"{v:.3f}"
 
 
-def write_calibration(values, steps, seconds, args, n_images) -> None:
+def write_calibration(rows, steps, methods, meta) -> None:
+    """calibration.{csv,json,md} and cascade.png from the summary rows."""
     OUT.mkdir(parents=True, exist_ok=True)
-    rows = summarise(values, steps)
+    n_images = int(meta["n_images"])
     with open(OUT / "calibration.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["method", "check", "mean", "lo", "hi", "n"])
         w.writeheader()
         for r in rows:
             w.writerow({**r, **{k: f"{r[k]:.6f}" for k in ("mean", "lo", "hi")}})
     cell = {(r["method"], r["check"]): r for r in rows}
-    methods = list(values)
     plot(cell, steps, methods, OUT / "cascade.png")
     prop = propose(cell)
     lines = [
         "# Sanity checks: calibration on MobileNetV2 (ImageNet weights)",
         "",
-        f"Written by `experiments/sanity_calibration.py --limit {args.limit}` ({n_images} images of "
+        f"Written by `experiments/sanity_calibration.py --limit {meta['limit']}` ({n_images} images of "
         "`shared/data/imagenet-val-dev`, split all, each explained for its label; batch "
-        f"{args.batch_size}; seed {args.seed}; {seconds / 60:.1f} min on {platform.machine()} with "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}).",
+        f"{meta['batch_size']}; seed {meta['seed']}; {meta['seconds'] / 60:.1f} min on {meta['machine']} with "
+        f"{meta['threads']} threads shared with other jobs, torch {meta['torch']}).",
         "Mean over images with its 95 % percentile-bootstrap interval (1000 resamples). All four checks: "
         "lower is better.",
         "",
@@ -251,17 +260,26 @@ def write_calibration(values, steps, seconds, args, n_images) -> None:
     lines += ["", "## Signed Spearman ρ per cascade step (blocks; step k re-initialises steps 1..k)", "",
               "Steps: `head` = the modules after the last stage layer; then each block named by the stage layer "
               "it ends at, down to the input. ![cascade](cascade.png)", "",
-              "| method | " + " | ".join(steps) + " |", "| --- | " + " | ".join("---" for _ in steps) + " |"]
+              "n=k: only k images have a defined ρ (the map on the randomised copy, or the trained map, is constant).",
+              "", "| method | " + " | ".join(steps) + " |", "| --- | " + " | ".join("---" for _ in steps) + " |"]
     for m in methods:
-        lines.append(f"| {m} | " + " | ".join(
-            f"{_f(cell[(m, f'rho:{s}')]['mean'])} [{_f(cell[(m, f'rho:{s}')]['lo'])}, {_f(cell[(m, f'rho:{s}')]['hi'])}]"
-            for s in steps) + " |")
+        cells = []
+        for s in steps:
+            c = cell[(m, f"rho:{s}")]
+            cells.append(f"{_f(c['mean'])} [{_f(c['lo'])}, {_f(c['hi'])}]" + (f" n={c['n']}" if c["n"] != n_images else ""))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", "## Threshold proposal", "",
-              "chance = the random map's mean; blind = the lowest mean among the class-blind controls "
-              f"({', '.join(BLIND)}); midpoint = (chance + blind) / 2.", "",
-              "| check | chance | blind (which) | midpoint |", "| --- | --- | --- | --- |"]
+              "chance = the random map's mean (a fresh random map per call: what unrelated maps score); blind = the "
+              "control blind to what the check perturbs (randomisation: `center`, which depends on no weight; class "
+              "sensitivity: the lowest of the class-blind controls " + ", ".join(f"`{m}`" for m in BLIND) + "); "
+              "proposed level = midpoint = (chance + blind) / 2. For the randomisation checks the weakest "
+              "class-blind PROGRAM (it reads activations, so it does depend on the weights below its layer) and the "
+              "midpoint it would give are shown beside.", "",
+              "| check | chance | blind (which) | midpoint | weakest class-blind program | its midpoint |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for k, p in prop.items():
-        lines.append(f"| {k} | {_f(p['chance'])} | {_f(p['blind'])} ({p['blind_method']}) | {_f(p['midpoint'])} |")
+        lines.append(f"| {k} | {_f(p['chance'])} | {_f(p['blind'])} ({p['blind_method']}) | {_f(p['midpoint'])} | "
+                     f"{_f(p['weakest_program_value'])} ({p['weakest_program']}) | {_f(p['weakest_midpoint'])} |")
     from sycam.metrics.sanity import THRESHOLDS, passes
 
     lines += ["", "## Verdicts with sycam.metrics.sanity.THRESHOLDS", "",
@@ -270,7 +288,8 @@ def write_calibration(values, steps, seconds, args, n_images) -> None:
     for m in methods:
         lines.append(f"| {m} | " + " | ".join("pass" if passes(k, cell[(m, k)]["mean"]) else "FAIL" for k in CHECKS) + " |")
     (OUT / "calibration.md").write_text("\n".join(lines) + "\n")
-    (OUT / "calibration.json").write_text(json.dumps({"steps": steps, "proposal": prop, "rows": rows}, indent=1) + "\n")
+    (OUT / "calibration.json").write_text(json.dumps({"meta": meta, "steps": steps, "methods": methods,
+                                                      "proposal": prop, "rows": rows}, indent=1) + "\n")
 
 
 def cli_check(args, weights: Path, data: Path) -> int:
@@ -278,20 +297,16 @@ def cli_check(args, weights: Path, data: Path) -> int:
     from sycam.metrics.sanity import THRESHOLDS, passes
 
     OUT.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        prog = Path(tmp) / "meansq.cam"
-        prog.write_text("# class-blind control\nmean_c(sq(A))\n")
-        out = ROOT / "experiments" / "results" / "sanity_cli"
-        cmd = ["evaluate", "--model", "mobilenet_v2", "--weights", str(weights), "--data", f"folder:{data}",
-               "--split", "all", "--limit", str(args.limit), "--methods", f"gradcam,{prog},center",
-               "--metrics", "randomisation,class_sensitivity", "--batch-size", str(args.batch_size),
-               "--device", args.device, "--out", str(out), "--quiet", "--fresh"]
-        buf = io.StringIO()
-        t0 = time.perf_counter()
-        with contextlib.redirect_stdout(buf):
-            rc = sycam_main(cmd)
-        wall = time.perf_counter() - t0
-        printed = buf.getvalue().replace(str(prog), "meansq.cam")
+    prog = OUT / "meansq.cam"  # the class-blind control mean_c(sq(A)), labelled meansq
+    out = ROOT / "experiments" / "results" / "sanity_cli"  # git-ignored; a rerun resumes from it
+    cmd = ["evaluate", "--model", "mobilenet_v2", "--weights", str(weights), "--data", f"folder:{data}",
+           "--split", "all", "--limit", str(args.limit), "--methods", f"gradcam,{prog},center",
+           "--metrics", "randomisation,class_sensitivity", "--batch-size", str(args.batch_size),
+           "--device", args.device, "--out", str(out), "--quiet"]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = sycam_main(cmd)
+    printed = buf.getvalue()
     print(printed, end="")
     if rc != 0:
         return rc
@@ -302,12 +317,14 @@ def cli_check(args, weights: Path, data: Path) -> int:
     ok = all(verdict[("gradcam", k)] for k in ("randomisation", "class_sensitivity")) and not any(
         verdict[(m, k)] for m in ("meansq", "center") for k in ("randomisation", "class_sensitivity"))
     shown = " ".join(shlex.quote(c) for c in cmd).replace(str(args.shared_path), "../shared").replace(
-        str(ROOT) + "/", "").replace(str(prog), "meansq.cam")
+        str(ROOT) + "/", "")
     lines = ["# Sanity checks with the real CLI (issue #10 requirement)", "",
              "Grad-CAM must pass both checks, `mean_c(sq(A))` (`meansq.cam`) and the centred Gaussian must fail both "
              "(pass = mean ≤ `sycam.metrics.sanity.THRESHOLDS`: "
              f"randomisation ≤ {THRESHOLDS['randomisation']}, class_sensitivity ≤ {THRESHOLDS['class_sensitivity']}). "
-             f"Written by `experiments/sanity_calibration.py --part cli --limit {args.limit}` ({wall / 60:.1f} min).", "",
+             f"Written by `experiments/sanity_calibration.py --part cli --limit {args.limit}`. `sycam evaluate` resumes "
+             "from its partial results in experiments/results/sanity_cli, so the timings printed are those of the run "
+             "that computed the values.", "",
              "```", f"sycam {shown}", "```", "", "```", printed.replace(str(args.shared_path), "../shared").replace(
                  str(ROOT) + "/", "").rstrip(), "```", "",
              "| method | randomisation | class_sensitivity |", "| --- | --- | --- |"]
@@ -326,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--part", choices=("calibration", "cli", "all"), default="all")
+    ap.add_argument("--part", choices=("calibration", "cli", "report", "all"), default="all")
+    ap.add_argument("--seconds", type=float, default=float("nan"),
+                    help="with --part report on a calibration.json without timing: the run's duration")
     args = ap.parse_args(argv)
     args.shared_path = Path(args.shared).resolve()
     weights = args.shared_path / "weights" / "mobilenet_v2-b0353104.pth"
@@ -343,7 +362,19 @@ def main(argv: list[str] | None = None) -> int:
         bundle = load_model("mobilenet_v2", weights=str(weights), device=args.device)
         dataset = open_dataset(f"folder:{data}", split="all", size=int(bundle.input_size[0]), limit=args.limit)
         values, steps, seconds = calibrate(bundle, dataset, args.batch_size, args.seed)
-        write_calibration(values, steps, seconds, args, len(dataset))
+        meta = {"limit": args.limit, "n_images": len(dataset), "batch_size": args.batch_size, "seed": args.seed,
+                "seconds": seconds, "machine": platform.machine(), "threads": torch.get_num_threads(),
+                "torch": torch.__version__}
+        write_calibration(summarise(values, steps), steps, list(values), meta)
+        print((OUT / "calibration.md").read_text())
+    if args.part == "report":  # re-render the report from calibration.json (no computation)
+        doc = json.loads((OUT / "calibration.json").read_text())
+        meta = doc.get("meta") or {"limit": args.limit, "batch_size": args.batch_size, "seed": args.seed,
+                                   "seconds": args.seconds, "machine": platform.machine(),
+                                   "threads": torch.get_num_threads(), "torch": torch.__version__,
+                                   "n_images": max(r["n"] for r in doc["rows"])}
+        methods = doc.get("methods") or list(dict.fromkeys(r["method"] for r in doc["rows"]))
+        write_calibration(doc["rows"], doc["steps"], methods, meta)
         print((OUT / "calibration.md").read_text())
     if args.part in ("cli", "all"):
         rc = cli_check(args, weights, data)

@@ -23,6 +23,10 @@ EXPECTED = {
     "road": (True, {"model"}),
     "robustness": (True, {"model", "explainer"}),
     "sparsity": (True, set()),
+    "randomisation": (False, {"weights"}),
+    "randomisation_top": (False, {"weights"}),
+    "class_sensitivity": (False, {"explainer", "logits"}),
+    "class_sensitivity_top2": (False, {"explainer", "logits"}),
 }
 
 
@@ -43,6 +47,10 @@ def full_inputs(b: int = 2, h: int = 8, w: int = 8) -> MetricInputs:
         masks=masks,
         score_fn=prob,
         explain_fn=lambda x, t: maps[0].expand(x.shape[0], h, w),
+        logits=torch.randn(b, 3, generator=g),
+        model=torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.Flatten(), torch.nn.Linear(2 * h * w, 3)),
+        explain_with=lambda module, x, t: maps.flip(1),
+        stage_layers=["0"],
     )
 
 

@@ -130,12 +130,16 @@ def test_steps_blocks_and_layers() -> None:
         randomisation_steps(m, "pixels")
     with pytest.raises(SycamError, match="no module with reset_parameters"):
         randomisation_steps(nn.ReLU(), "layers")
+    m.scale = nn.Parameter(torch.ones(1))  # a parameter no reset_parameters() re-initialises
+    with pytest.warns(UserWarning, match="1 parameter\\(s\\) belong to modules without reset_parameters.*: scale"):
+        randomisation_steps(m, "layers")
 
 
 def test_steps_of_mobilenet_v2_blocks() -> None:
     from torchvision.models import mobilenet_v2
 
-    m = mobilenet_v2()
+    with torch.device("meta"):  # names only: no weights to initialise
+        m = mobilenet_v2()
     stages = ["features.1.conv.1", "features.3.conv.2", "features.6.conv.2", "features.13.conv.2", "features.18.0"]
     steps = randomisation_steps(m, "blocks", stages)
     assert [s.name for s in steps] == ["head"] + stages[::-1]
@@ -347,6 +351,17 @@ def test_workbench_score_and_needs_validation() -> None:
     bad = MetricInputs(**base, model=OneConv(), explain_with=lambda m, x, t: maps[:1], stage_layers=["conv"])
     with pytest.raises(ValueError, match=r"explain_with \(step 'head'\) returned \(1, 2, 3\)"):
         get_metric("randomisation")(bad)
+
+
+def test_evaluate_baselines_only_take_logits_from_the_model() -> None:
+    import sycam.evaluation as E
+
+    wb, _ = one_conv_bench()
+    res = E.evaluate(wb.bundle, Images(), ["center", "random"], ["class_sensitivity_top2", "randomisation_top"],
+                     batch_size=2, targets="label", progress=False)
+    assert res.values["center"]["class_sensitivity_top2"].tolist() == [1.0, 1.0]
+    assert res.values["center"]["randomisation_top"].tolist() == [1.0, 1.0]
+    assert np.isfinite(res.values["random"]["class_sensitivity_top2"]).all()
 
 
 def test_other_classes_uniform_and_never_the_target() -> None:
