@@ -388,9 +388,9 @@ class Synthesis:
         everything = rows + ref_rows
         compiled = {id(r): CompiledProgram(parse(r.program), resolver) for r in everything}
         request = merge_requests([c.request for c in compiled.values()])
-        # references may need layers the search did not cache (e.g. every conv): their train scores,
-        # and everyone's validation and test scores, are streamed, one batch of captures at a time
-        self._score_split("train", request, ref_rows, compiled)
+        # validation and test scores are streamed, one batch of captures at a time (references may
+        # need layers the search did not cache, e.g. every conv). References are not searched, so
+        # they get no train score: a pass over the train split for every conv layer cost minutes
         self._score_split("val", request, everything, compiled)
 
         warnings: list[str] = []
