@@ -399,10 +399,18 @@ class Synthesis:
             warnings.append(f"the validation split has {n_val} images (< {MIN_VAL_IMAGES}): selecting among {len(rows)} "
                             "programs on it is noisy; use more data (--val-limit) or --split-seed to see how much it varies")
         if cfg.sanity != "off":
-            bench = self.sanity_bench("val", request)
+            # one sanity bench per distinct capture request, built and freed in turn: the search's
+            # programs share one; a reference over every conv layer (Winsor-CAM) would otherwise
+            # hold three captures of every layer for everyone (gigabytes on MobileNetV2)
+            groups: dict[CaptureRequest, list[Row]] = {}
             for r in everything:
-                r.sanity = bench.values(compiled[id(r)], r.params)
-                r.failed = failures(r.sanity)
+                groups.setdefault(compiled[id(r)].request, []).append(r)
+            for group_request, group in groups.items():
+                bench = self.sanity_bench("val", group_request)
+                for r in group:
+                    r.sanity = bench.values(compiled[id(r)], r.params)
+                    r.failed = failures(r.sanity)
+                del bench
         if cfg.no_worse_than:
             self._no_worse_than(rows, compiled, request, warnings)
         eligible = [r for r in rows if not r.worse and (cfg.sanity != "require" or r.passes)]
@@ -435,7 +443,10 @@ class Synthesis:
                 mean, lo, hi, n = paired_difference(per_image[id(best)][primary.name], per_image[id(ref)][primary.name],
                                                     seed=cfg.seed)
                 comparisons[label] = {"reference": ref.name, "difference": mean, "ci": [lo, hi], "images": n}
-        self._write_outputs(hall, ref_rows, self.bench("test", request))
+        overlay_rows = hall[:1] + [r for r in ref_rows if r.name in ("gradcam", "gradcampp", "layercam", "winsorcam")]
+        overlay_request = merge_requests([compiled[id(r)].request for r in overlay_rows])
+        self._write_outputs(hall, ref_rows, Workbench(self.bundle, self.datasets["test"], overlay_request, batch_size=6,
+                                                      targets=cfg.targets, device=self.device, progress=False))
         return {"metric": primary.name, "sanity": cfg.sanity, "thresholds": thresholds() if cfg.sanity != "off" else {},
                 "best": asdict(best), "best_reference": asdict(best_ref) if best_ref else None,
                 "comparisons": comparisons, "warnings": warnings, "no_worse_than": cfg.no_worse_than,
