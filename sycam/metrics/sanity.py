@@ -17,7 +17,6 @@ pass/fail levels and where they come from (experiments/sanity_calibration.py).
 """
 from __future__ import annotations
 
-import math
 from typing import Mapping
 
 import torch
