@@ -3,6 +3,11 @@
 Search on the train split (enumerator, then Optuna), select on validation, report on a held-out
 test split beside the reference programs. Everything a run needs to be reproduced or resumed
 lives in its output folder: the study (SQLite by default), the manifest, the hall of fame.
+
+At ~590 lines this module is over the house's ~400: it holds one run's three phases (search loop,
+selection, outputs) around one shared state. The search loop moves to its own modules with the
+racing work of issue #11 (``search/loop.py``, ``budget.py``, ``racing.py`` on branch ``racing``);
+the hall of fame's pieces already live in ``search/hall.py``, ``report.py`` and ``sanity.py``.
 """
 from __future__ import annotations
 
