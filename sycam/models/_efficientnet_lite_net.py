@@ -11,7 +11,7 @@ map that Grad-CAM & co. want — the head's 1280 channels *after* ReLU6, the ana
 MobileNetV2's ``features.18`` — would have no module name. :class:`EfficientNetLite` gives the
 stem and the head activation modules of their own (``_stem_act``, ``_head_act``; parameter-free,
 so the state dict is unchanged) and drops the shared ``_swish``. The logits are those of the
-package's model (``tests/test_efficientnet_lite.py`` checks it on real images).
+package's model (``tests/test_efficientnet_lite.py`` checks it to 1e-4 on random inputs).
 """
 from __future__ import annotations
 
