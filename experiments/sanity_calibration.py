@@ -45,7 +45,7 @@ BLIND = list(CONTROLS) + ["center"]  # class-blind (and, for center, model-blind
 
 def _baseline_fns(kind: str, seed: int, first: int):
     """A baseline's maps and its explainer of re-runs (a fresh random map per call for ``random``)."""
-    from sycam.evaluate import baseline_maps
+    from sycam.evaluation import baseline_maps
 
     calls = [0]
 
@@ -70,7 +70,7 @@ def calibrate(bundle, dataset, batch_size: int, seed: int) -> tuple[dict[str, di
     from sycam.capture import capture
     from sycam.compile import CompiledProgram, LayerResolver
     from sycam.errors import ProgramRuntimeError
-    from sycam.evaluate import baseline_maps
+    from sycam.evaluation import baseline_maps
     from sycam.lang.parse import parse
     from sycam.metrics import ClassSensitivity, ClassSensitivityTop2, MetricInputs, ModelRandomisation
     from sycam.metrics.cascade import cascading_randomisation, randomisation_steps

@@ -39,7 +39,8 @@ import torch
 from sycam.cli import main as sycam_main
 from sycam.data import open_dataset
 from sycam.errors import SycamError
-from sycam.evaluate import EvalResult, evaluate, file_digest
+from sycam.evaluation import EvalResult, evaluate
+from sycam.files import file_digest
 from sycam.metrics.stats import bootstrap_ci
 from sycam.models import load_model
 
