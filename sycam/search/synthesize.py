@@ -274,7 +274,7 @@ class Synthesis:
             ranked = sorted((r for r in scored_enum if not any(math.isnan(v) for v in r[0])), key=lambda r: -sign * r[0][0])
             chosen = distinct_structures(ranked, key_of=lambda r: r[2], value_of=lambda r: r[0][0],
                                          size_of=lambda r: A.size(r[1].program().body), sign=sign, top=cfg.pool)
-            feasible = 0
+            feasible, rounds = 0, 0
             extra = iter(r for r in ranked[cfg.pool:] if r not in chosen)
             while chosen:
                 values, deriv, text = chosen.pop(0)
@@ -286,7 +286,8 @@ class Synthesis:
                 feasible += limits is None or max(limits.values()) <= 0
                 if text not in in_study:
                     record(study, deriv, values, attrs, self.selections, limits)
-                if not chosen and feasible < cfg.pool and constraints is not None:
+                if not chosen and feasible < cfg.pool and constraints is not None and rounds < 2:
+                    rounds += 1  # at most two more pools: each check and each recorded trial costs time
                     chosen = [r for _, r in zip(range(cfg.pool), extra)]  # the next ones down the ranking
         # 2. Optuna: the reference programs of the space are queued first, then TPE over the grammar
         for name in cfg.references:
