@@ -159,7 +159,7 @@ def test_gradcam_agrees_with_pytorch_grad_cam_and_multi_layer_programs_run(lite)
 
     images, labels = _dev_images(_imagenet_dev(), 4)
     x = lite.normalize(images)
-    ours = Explainer(lite, "gradcam")(x, labels)
+    ours = Explainer(lite, "gradcam")(images, labels)  # the Explainer normalises a bundle's [0, 1] images
     assert ours.shape == (4, 224, 224) and torch.isfinite(ours).all()
     assert ours.amin(dim=(1, 2)).max() == 0 and ours.amax(dim=(1, 2)).min() == 1
     pgc = pytest.importorskip("pytorch_grad_cam", reason="pytorch-grad-cam (pip: grad-cam) for the agreement check")
@@ -169,5 +169,5 @@ def test_gradcam_agrees_with_pytorch_grad_cam_and_multi_layer_programs_run(lite)
         theirs = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in labels])
     assert np.abs(ours.numpy() - theirs).max() < 1e-4
     for program in ("layeravg", "winsorcam", "fuse(each(stages, norm(relu(sum_c(mean_hw(G) * A)))), mean)"):
-        maps = Explainer(lite, program)(x, labels)
+        maps = Explainer(lite, program)(images, labels)
         assert maps.shape == (4, 224, 224) and torch.isfinite(maps).all(), program
