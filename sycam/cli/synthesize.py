@@ -79,4 +79,17 @@ def run(name: str, args: argparse.Namespace) -> int:
         print(format_hall(result))
     else:
         print(format_front(result, metrics))
+    print(captures_line(result.get("stats", {}).get("captures")))
     return 0
+
+
+def captures_line(c: dict | None) -> str:
+    """One line on what the run's captures cost and how many batches the cache served."""
+    from sycam.cache import default_cache
+
+    if not c:
+        return ""
+    cache = default_cache()
+    where = f"capture cache {cache.root}" if cache is not None else "capture cache off (SYCAM_CACHE=off)"
+    return (f"captures: {c['seconds']:.1f} s for {c['batches']} batches; {c['hits']} from the cache, {c['partial']} completed, "
+            f"{c['batches'] - c['hits'] - c['partial']} computed ({where})")

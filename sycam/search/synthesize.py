@@ -22,6 +22,7 @@ import optuna
 import torch
 from tqdm.auto import tqdm
 
+from sycam.cache import STATS
 from sycam.workbench import Workbench, mean_score, merge_requests, score_streaming
 from sycam.capture import CaptureRequest, Captures
 from sycam.compile import CompiledProgram
@@ -189,11 +190,13 @@ class Synthesis:
                          for split, limit in (("train", cfg.train_limit), ("val", cfg.val_limit), ("test", cfg.test_limit))}
         self.history: list[dict[str, float]] = []
         self.t0 = time.perf_counter()
+        self.captures_mark = STATS.copy()  # captures of this run: computed or from the cache (sycam.cache)
+        self.widen: CaptureRequest | None = None  # what every batch's first capture also caches
 
     # ------------------------------------------------------------------ benches
     def bench(self, split: str, request: CaptureRequest) -> Workbench:
         return Workbench(self.bundle, self.datasets[split], request, batch_size=self.cfg.batch_size, targets=self.cfg.targets,
-                         device=self.device, progress=self.cfg.progress)
+                         device=self.device, progress=self.cfg.progress, widen=self.widen)
 
     def _scores(self, bench: Workbench, program: A.Program, params=None) -> dict[str, float]:
         compiled = bench.compile(program)
@@ -210,7 +213,8 @@ class Synthesis:
 
         resolver = Workbench(self.bundle, self.datasets["train"], CaptureRequest(layers=())).resolver
         self.selections = search_selections(resolver)
-        train = self.bench("train", _search_request(resolver, A.ScoreSpec(), self.selections)).load()
+        self.widen = _search_request(resolver, A.ScoreSpec(), self.selections)  # a later run's hall may use any of it
+        train = self.bench("train", self.widen).load()
         probe = _probe(train.batches[0].caps, 16)
         constraints = None
         if cfg.sanity == "require":  # Optuna's sampler learns to avoid programs that fail a sanity check
@@ -325,7 +329,8 @@ class Synthesis:
         result = self._select_and_report(study, train)
         result["stats"] = {"enumeration": enum_stats, **stats, "trials": len(study.trials),
                            "completed": len(completed(study)), "search_seconds": round(search_seconds, 2),
-                           "total_seconds": round(time.perf_counter() - self.t0, 2)}
+                           "total_seconds": round(time.perf_counter() - self.t0, 2),
+                           "captures": STATS.since(self.captures_mark)}
         (self.out / "summary.json").write_text(json.dumps(result, indent=2, default=str))
         return result
 
