@@ -4,6 +4,11 @@
 forward pass and one ``torch.autograd.grad`` of the summed target score with respect to the
 hooked outputs that need gradients, and optionally the Score-CAM channel scores ``S`` and the
 Ablation-CAM score drops ``D``. The model comes back exactly as it was.
+
+Why one module of ~480 lines: the forward/backward pass, the score definitions it differentiates
+and the masked passes behind ``S`` and ``D`` share one protocol for hooking the model and putting
+it back (mode, hooks, ``.grad``, ``requires_grad``) and one set of input checks; split apart, each
+part would need its own copy of that protocol.
 """
 from __future__ import annotations
 
@@ -92,6 +97,21 @@ class Captures:
     Y: Tensor  # (B,) the explained score
     logits: Tensor  # (B, K)
     input_size: tuple[int, int]  # (H, W) of the model input
+
+    def take(self, images: slice | Tensor) -> Captures:
+        """The captures of some images only: ``images`` is a slice or an index tensor (positions or a
+        bool mask) over the batch. Exact, because programs work per image. A slice that covers the
+        whole batch returns ``self``."""
+        if isinstance(images, slice) and images.step in (None, 1):
+            start, stop, _ = images.indices(int(self.Y.shape[0]))
+            if start == 0 and stop == int(self.Y.shape[0]):
+                return self
+
+        def cut(d: dict[str, Tensor]) -> dict[str, Tensor]:
+            return {k: v[images] for k, v in d.items()}
+
+        return Captures(A=cut(self.A), G=cut(self.G), S=cut(self.S), D=cut(self.D), Y=self.Y[images],
+                        logits=self.logits[images], input_size=self.input_size)
 
 
 # ----------------------------------------------------------------------------- scores

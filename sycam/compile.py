@@ -9,7 +9,7 @@ holds NaN or Inf raises :class:`~sycam.errors.ProgramRuntimeError` naming the im
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +18,7 @@ from sycam import kernels as K
 from sycam.capture import CaptureRequest, Captures
 from sycam.errors import LayerError, ParamError, ProgramRuntimeError
 from sycam.lang import ast as A
-from sycam.lang.ops import OPS
+from sycam.lang.ops import TABLE, Applied, OpSpec, operator_of
 from sycam.lang.parse import parse
 from sycam.lang.types import CheckResult, check
 from sycam.models._layers import conv_layers, resolve_layer
@@ -81,6 +81,39 @@ class LayerResolver:
                 raise LayerError(f"the layer slice {sel.start}:{sel.stop} selects none of the {len(self.convs)} conv layers")
             return chosen
         return [self.ref(r) for r in sel.layers]
+
+
+# ------------------------------------------------------------------ operators
+
+#: every operator's torch implementation, resolved once from the table (sycam.lang.ops)
+KERNELS: dict[str, Callable[..., Tensor]] = {name: K.resolve(spec.kernel) for name, spec in TABLE.items()}
+
+#: the channel reductions the compiler computes as one matrix product on ``w * T`` (True: a mean)
+_WEIGHTED = {"sum_c": False, "mean_c": True}
+
+
+def apply_op(spec: OpSpec, values: Sequence[K.Value], consts: Sequence[float]) -> K.Value:
+    """``spec``'s kernel on evaluated arguments ``values`` and constant arguments ``consts``, with
+    the language's broadcasting (a broadcasting rule), per layer of a ``Layers<T>``, or along the
+    layers of a ``Layers<Scalar>`` (an ``along_layers`` rule)."""
+    fn = KERNELS[spec.name]
+    if spec.typing.broadcast:
+        return K.broadcast(fn, values[0], values[1])
+    x = values[0]
+    per_value = (lambda v: fn(v, *consts)) if consts else fn
+    if spec.typing.along_layers and isinstance(x, list) and x and x[0].ndim == 1:
+        return K.along_layers(per_value, x)
+    return K.lift(per_value, x)
+
+
+def eval_op(node: Applied, value: Callable[[A.Expr], K.Value], scalar: Callable[[A.Num | A.Param], float]) -> K.Value:
+    """The value of an operator node (``a * b``, ``x ^ c``, ``relu(x)``, ``winsorize(x, p)``, ...):
+    ``value`` evaluates an argument, ``scalar`` a constant argument. The one place where the
+    language's operators meet their kernels: compiled programs and the enumerator's probe values
+    (:mod:`sycam.search.enumerate`) are both computed here."""
+    spec, args = operator_of(node)
+    consts = [scalar(a) for i, a in enumerate(args) if i in spec.const_args]  # type: ignore[arg-type]
+    return apply_op(spec, [value(a) for i, a in enumerate(args) if i not in spec.const_args], consts)
 
 
 # ------------------------------------------------------------------ the compiled program
@@ -176,7 +209,7 @@ class CompiledProgram:
         ``chunk_size`` images (all at once by default)."""
         batch = int(caps.Y.shape[0])
         step = chunk_size or batch
-        outs = [self._finish(self.raw(_slice(caps, i, i + step), params), caps.input_size, i)
+        outs = [self._finish(self.raw(caps.take(slice(i, i + step)), params), caps.input_size, i)
                 for i in range(0, batch, step)]
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
@@ -209,11 +242,6 @@ class CompiledProgram:
                 return caps.Y
             name = self._terminal_layer(node, layer)
             return getattr(caps, node.kind)[name]
-        if isinstance(node, A.BinOp):
-            return K.broadcast(K.BINARY[node.op], self._eval(node.left, layer, ctx), self._eval(node.right, layer, ctx))
-        if isinstance(node, A.Pow):
-            e = self._scalar(node.exponent, ctx)
-            return K.lift(lambda x: K.power(x, e), self._eval(node.base, layer, ctx))
         if isinstance(node, A.Each):
             return [self._eval(node.body, name, ctx) for name in self._plan[id(node)]]  # type: ignore[misc]
         if isinstance(node, A.Fuse):
@@ -221,42 +249,13 @@ class CompiledProgram:
             weights = None if node.weights is None else self._eval(node.weights, layer, ctx)
             size = caps.input_size if node.grid == "input" else None
             return K.fuse(maps, weights, node.mode, size)  # type: ignore[arg-type]
-        assert isinstance(node, A.Call)
-        return self._call(node, layer, ctx)
-
-    def _call(self, node: A.Call, layer: str | None, ctx: _Ctx) -> K.Value:
-        fn, family = node.fn, OPS[node.fn].family
-        if fn in ("sum_c", "mean_c") and isinstance(node.args[0], A.BinOp) and node.args[0].op == "*":
-            fused = self._weighted_channels(fn[:-2], node.args[0], layer, ctx)
+        if isinstance(node, A.Call) and node.fn in _WEIGHTED and isinstance(node.args[0], A.BinOp) and node.args[0].op == "*":
+            fused = self._weighted_channels(_WEIGHTED[node.fn], node.args[0], layer, ctx)
             if fused is not None:
                 return fused
-        x = self._eval(node.args[0], layer, ctx)
-        if family == "elementwise":
-            return K.lift(K.UNARY[fn], x)
-        if family == "binary":
-            return K.broadcast(K.BINARY[fn], x, self._eval(node.args[1], layer, ctx))
-        consts = [self._scalar(a, ctx) for a in node.args[1:]]  # type: ignore[arg-type]
-        if family == "reduce_hw":
-            return K.lift(lambda v: K.reduce_hw(fn[:-3], v), x)
-        if family == "reduce_c":
-            return K.lift(lambda v: K.reduce_c(fn[:-2], v), x)
-        if family == "softmax_c":
-            return K.lift(K.softmax_c, x)
-        if family == "pc1":
-            return K.lift(K.pc1, x)
-        per_value = {
-            "norm": K.norm,
-            "zscore": K.zscore,
-            "winsorize": lambda v: K.winsorize(v, consts[0]),
-            "threshold": lambda v: K.threshold(v, consts[0]),
-            "rescale": lambda v: K.rescale(v, consts[0], consts[1]),
-            "percentile": lambda v: K.percentile(v, consts[0]),
-        }[fn]
-        if isinstance(x, list) and x and x[0].ndim == 1:  # Layers<Scalar>: along the layers
-            return K.along_layers(per_value, x)
-        return K.lift(per_value, x)
+        return eval_op(node, lambda a: self._eval(a, layer, ctx), lambda a: self._scalar(a, ctx))  # type: ignore[arg-type]
 
-    def _weighted_channels(self, kind: str, prod: A.BinOp, layer: str | None, ctx: _Ctx) -> K.Value | None:
+    def _weighted_channels(self, mean: bool, prod: A.BinOp, layer: str | None, ctx: _Ctx) -> K.Value | None:
         """``sum_c(w * T)`` / ``mean_c(w * T)`` with w Channels (B, C) and T a Tensor (B, C, h, w),
         as one batched matrix product instead of materialising ``w * T`` (Grad-CAM's own shape;
         it is most of a multi-layer program's time). None when the operands have other shapes."""
@@ -265,16 +264,8 @@ class CompiledProgram:
             [(left, right)] if isinstance(left, Tensor) and isinstance(right, Tensor) else None)
         if pairs is None or not all({a.ndim, b.ndim} == {2, 4} for a, b in pairs):
             return None
-        out = [K.weighted_sum_c(*((a, b) if a.ndim == 2 else (b, a)), mean=kind == "mean") for a, b in pairs]
+        out = [K.weighted_sum_c(*((a, b) if a.ndim == 2 else (b, a)), mean=mean) for a, b in pairs]
         return out if isinstance(left, list) else out[0]
-
-
-def _slice(caps: Captures, i: int, j: int) -> Captures:
-    if i == 0 and j >= int(caps.Y.shape[0]):
-        return caps
-    cut = lambda d: {k: v[i:j] for k, v in d.items()}  # noqa: E731
-    return Captures(A=cut(caps.A), G=cut(caps.G), S=cut(caps.S), D=cut(caps.D), Y=caps.Y[i:j],
-                    logits=caps.logits[i:j], input_size=caps.input_size)
 
 
 def compile_program(program: A.Program | str, module: nn.Module, default_layer: str | None = None,

@@ -1,10 +1,8 @@
 """Explainers for users: a program bound to a model, called on ``(images, targets)``."""
 from __future__ import annotations
 
-import difflib
-import re
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -14,26 +12,15 @@ from sycam.capture import capture
 from sycam.compile import CompiledProgram, LayerResolver
 from sycam.errors import SycamError
 from sycam.lang import ast as A
-from sycam.lang.parse import parse
 from sycam.models.bundle import ModelBundle
 
 
 def as_program(program: A.Program | str | Path) -> A.Program:
-    """A Program from a Program, a reference name (``gradcam``), a ``.cam`` path or program text."""
-    if isinstance(program, A.Program):
-        return program
-    from sycam.programs import ALIASES, list_programs, load
+    """A Program from a Program, a reference name (``gradcam``), a ``.cam`` path or program text
+    (:func:`sycam.programs.resolve_program`)."""
+    from sycam.programs import resolve_program
 
-    text = str(program)
-    if isinstance(program, Path) or text.endswith(".cam") or text.lower() in list_programs() or text.lower() in ALIASES:
-        return load(program)
-    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_+-]*", text.strip()) and text.strip() not in ("A", "G", "S", "D", "Y"):
-        # a bare word is meant as a program name, not as program text
-        close = difflib.get_close_matches(text.strip().lower(), list_programs() + list(ALIASES), n=3)
-        hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        raise SycamError(f"unknown program '{text.strip()}'{hint} (reference programs: {', '.join(list_programs())}; "
-                         "or give program text or a .cam file)")
-    return parse(text)
+    return resolve_program(program)
 
 
 def _layer_name(module: nn.Module, layer: str | int | nn.Module) -> str | int:
@@ -51,8 +38,11 @@ class Explainer:
     """``Explainer(model, program, layers=...)``: call it on ``(images, targets)`` to get
     ``(B, H, W)`` maps in [0, 1].
 
-    - ``model``: an ``nn.Module`` (images are its inputs, already normalised) or a
-      :class:`~sycam.models.bundle.ModelBundle` (whose default layer and stages are used).
+    - ``model``: a :class:`~sycam.models.bundle.ModelBundle` or a plain ``nn.Module``. With a
+      bundle, images are in [0, 1] (as datasets and image files give them) and the explainer
+      normalises them with ``bundle.normalize`` before the network sees them; the bundle's
+      default layer and stages are used. With a plain module, images go to the network as given
+      (normalise them yourself if the network expects it).
     - ``program``: a reference name (``"gradcam"``), a ``.cam`` path, program text or a Program.
     - ``layers``: the default target layer (bare ``A``/``G``), by module name, conv index or module.
       Several layers: the program runs with each as the default layer and the normalised maps
@@ -70,10 +60,13 @@ class Explainer:
                  layers: str | int | nn.Module | Sequence[str | int | nn.Module] | None = None,
                  params: Mapping[str, float] | None = None, chunk_size: int = 32,
                  masked_batch: int | None = None) -> None:
+        self.normalize: Callable[[Tensor], Tensor] | None
         if isinstance(model, ModelBundle):
             module, default, stages = model.module, model.default_layer, model.stage_layers
+            self.normalize = model.normalize
         elif isinstance(model, nn.Module):
             module, default, stages = model, None, None
+            self.normalize = None
         else:
             raise TypeError(f"model must be an nn.Module or a ModelBundle, got {type(model).__name__}")
         if chunk_size < 1:
@@ -112,6 +105,9 @@ class Explainer:
         return self.compiled.request
 
     def __call__(self, images: Tensor, targets: Tensor | int | Sequence[int] | None = None) -> Tensor:
+        """Maps ``(B, H, W)`` in [0, 1] for ``images`` ``(B, C, H, W)`` (in [0, 1] with a bundle, the
+        network's input otherwise) and ``targets`` (class indices: one per image, one for all, or
+        None for each image's predicted class)."""
         if not isinstance(images, Tensor) or images.ndim != 4:
             raise SycamError(f"images must be a (B, C, H, W) tensor, got {getattr(images, 'shape', type(images).__name__)}")
         if images.shape[0] == 0:
@@ -120,10 +116,14 @@ class Explainer:
         targets_t = self._targets(images, targets)
         outs = []
         for i in range(0, images.shape[0], self.chunk_size):
-            caps = capture(self.module, images[i:i + self.chunk_size], targets_t[i:i + self.chunk_size], self.request,
-                           chunk_size=self.masked_batch)
+            caps = capture(self.module, self._inputs(images[i:i + self.chunk_size]), targets_t[i:i + self.chunk_size],
+                           self.request, chunk_size=self.masked_batch)
             outs.append(self.compiled(caps, self.params))
         return torch.cat(outs).to(device)
+
+    def _inputs(self, images: Tensor) -> Tensor:
+        """What the network is fed: the bundle's normalisation of [0, 1] images, or the images."""
+        return self.normalize(images) if self.normalize is not None else images
 
     def _targets(self, images: Tensor, targets) -> Tensor:
         b = images.shape[0]
@@ -133,7 +133,7 @@ class Explainer:
             with torch.no_grad(), eval_mode(self.module):
                 preds = []
                 for i in range(0, b, self.chunk_size):
-                    out = self.module(images[i:i + self.chunk_size])
+                    out = self.module(self._inputs(images[i:i + self.chunk_size]))
                     if not isinstance(out, Tensor) or out.ndim != 2:
                         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
                         raise SycamError(f"the model's output must be (B, K) logits to pick the predicted class; got {shape}")

@@ -4,6 +4,10 @@ A value is a tensor whose number of dimensions says its type (the batch axis com
 Scalar ``(B,)``, Channels ``(B, C)``, Map ``(B, H, W)``, Tensor ``(B, C, H, W)``; a per-layer
 value (``Layers<T>``) is a Python list of such tensors. Every kernel is guarded: no kernel turns
 finite input into NaN or Inf except through genuine overflow, which the compiler reports.
+
+The table of operators (:mod:`sycam.lang.ops`) names each operator's kernel: a torch function, or
+one of this module's kernels registered with :func:`kernel` (:data:`KERNELS`); :func:`resolve`
+turns the name into the function.
 """
 from __future__ import annotations
 
@@ -21,6 +25,34 @@ EXP_CLAMP = 80.0
 MAX_EXPONENT = 64  # exp(80) ~ 5.5e34 stays finite in float32
 
 Value = Tensor | list[Tensor]
+
+#: sycam's own operator kernels by name: the table of operators (:mod:`sycam.lang.ops`) names
+#: these, or a torch function, as an operator's ``kernel``
+KERNELS: dict[str, Callable[..., Tensor]] = {}
+
+
+def kernel(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Register ``fn`` in :data:`KERNELS` under its own name."""
+    KERNELS[fn.__name__] = fn
+    return fn
+
+
+def resolve(name: str) -> Callable[..., Tensor]:
+    """The function an operator's ``kernel`` names: ``torch.relu``, ``torch.nn.functional.softplus``
+    (an attribute path from the ``torch`` module; no import) or a registered kernel of this module.
+    Unknown names raise ``KeyError``."""
+    if name.startswith("torch."):
+        obj: object = torch
+        for part in name.split(".")[1:]:
+            if not hasattr(obj, part):
+                raise KeyError(f"no torch function {name}")
+            obj = getattr(obj, part)
+        if not callable(obj):
+            raise KeyError(f"{name} is not a function")
+        return obj  # type: ignore[return-value]
+    if name not in KERNELS:
+        raise KeyError(f"no kernel {name!r} in sycam.kernels")
+    return KERNELS[name]
 
 # ------------------------------------------------------------------ broadcasting
 
@@ -70,6 +102,7 @@ def lift(fn: Callable[[Tensor], Tensor], x: Value) -> Value:
 # ------------------------------------------------------------------ arithmetic
 
 
+@kernel
 def safe_div(a: Tensor, b: Tensor) -> Tensor:
     """``a / b`` with ``|b| < EPS`` replaced by ``±EPS`` (sign of b, + for 0): 0/0 = 0, x/0 finite."""
     small = b.abs() < EPS
@@ -77,6 +110,7 @@ def safe_div(a: Tensor, b: Tensor) -> Tensor:
     return a / torch.where(small, guard, b)
 
 
+@kernel
 def power(x: Tensor, e: float) -> Tensor:
     """``x^e``: integer exponents keep the sign; others act on ``|x|``; negative ones divide safely."""
     if abs(e) > MAX_EXPONENT:
@@ -88,27 +122,23 @@ def power(x: Tensor, e: float) -> Tensor:
     return safe_div(torch.ones_like(out), out) if e < 0 else out
 
 
-UNARY: dict[str, Callable[[Tensor], Tensor]] = {
-    "relu": torch.relu,
-    "abs": torch.abs,
-    "neg": torch.neg,
-    "exp": lambda x: torch.exp(x.clamp(max=EXP_CLAMP)),
-    "log": lambda x: torch.log(x.clamp(min=EPS)),
-    "sqrt": lambda x: torch.sqrt(x.clamp(min=0)),
-    "sq": torch.square,
-    "sigmoid": torch.sigmoid,
-    "tanh": torch.tanh,
-    "sign": torch.sign,
-}
+@kernel
+def guarded_exp(x: Tensor) -> Tensor:
+    """``e^x`` with x clamped at 80 (e^80 ~ 5.5e34 is finite in float32)."""
+    return torch.exp(x.clamp(max=EXP_CLAMP))
 
-BINARY: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "+": torch.add,
-    "-": torch.sub,
-    "*": torch.mul,
-    "/": safe_div,
-    "max": torch.maximum,
-    "min": torch.minimum,
-}
+
+@kernel
+def guarded_log(x: Tensor) -> Tensor:
+    """``log(max(x, EPS))``."""
+    return torch.log(x.clamp(min=EPS))
+
+
+@kernel
+def guarded_sqrt(x: Tensor) -> Tensor:
+    """``sqrt(max(x, 0))``."""
+    return torch.sqrt(x.clamp(min=0))
+
 
 # ------------------------------------------------------------------ reductions
 
@@ -132,6 +162,36 @@ def reduce_c(kind: str, x: Tensor) -> Tensor:
     return x.amax(1)
 
 
+@kernel
+def sum_hw(x: Tensor) -> Tensor:
+    return reduce_hw("sum", x)
+
+
+@kernel
+def mean_hw(x: Tensor) -> Tensor:
+    return reduce_hw("mean", x)
+
+
+@kernel
+def max_hw(x: Tensor) -> Tensor:
+    return reduce_hw("max", x)
+
+
+@kernel
+def sum_c(x: Tensor) -> Tensor:
+    return reduce_c("sum", x)
+
+
+@kernel
+def mean_c(x: Tensor) -> Tensor:
+    return reduce_c("mean", x)
+
+
+@kernel
+def max_c(x: Tensor) -> Tensor:
+    return reduce_c("max", x)
+
+
 def weighted_sum_c(w: Tensor, x: Tensor, mean: bool = False) -> Tensor:
     """``sum_c(w * x)`` (or ``mean_c``) for Channels w (B, C) and a Tensor x (B, C, H, W) -> Map
     (B, H, W), as a batched matrix product: no (B, C, H, W) temporary."""
@@ -153,6 +213,7 @@ def _unflat(y: Tensor, like: Tensor) -> Tensor:
     return y.reshape(like.shape)
 
 
+@kernel
 def norm(x: Tensor) -> Tensor:
     """Min-max to [0, 1] per image: ``(x - min) / (max - min)``; a constant image gives 0.
 
@@ -184,6 +245,7 @@ def _norm_scaled(x: Tensor) -> Tensor:
     return _unflat(out, x)
 
 
+@kernel
 def zscore(x: Tensor) -> Tensor:
     """``(x - mean) / std`` per image (population std); a constant image gives 0."""
     f = _flat(x)
@@ -194,6 +256,7 @@ def zscore(x: Tensor) -> Tensor:
     return _unflat(out, x)
 
 
+@kernel
 def softmax_c(x: Tensor) -> Tensor:
     """Softmax over the channel axis (dim 1) of Channels or a Tensor."""
     return torch.softmax(x, dim=1)
@@ -210,11 +273,13 @@ def _check_percent(p: float, fn: str) -> float:
     return p / 100.0
 
 
+@kernel
 def percentile(x: Tensor, p: float) -> Tensor:
     """The p-th percentile (linear interpolation) per image -> Scalar (B,)."""
     return _quantile(_flat(x).float(), _check_percent(p, "percentile"))[:, 0].to(x.dtype)
 
 
+@kernel
 def threshold(x: Tensor, p: float) -> Tensor:
     """Zero the entries below the p-th percentile (per image)."""
     f = _flat(x)
@@ -222,6 +287,7 @@ def threshold(x: Tensor, p: float) -> Tensor:
     return _unflat(torch.where(f >= tau, f, torch.zeros_like(f)), x)
 
 
+@kernel
 def winsorize(x: Tensor, p: float) -> Tensor:
     """Cap the upper tail: τ = p-th percentile of the *positive* entries (per image), positive
     entries become ``min(x, τ)``; non-positive entries are unchanged (Winsor-CAM's rule on
@@ -234,6 +300,7 @@ def winsorize(x: Tensor, p: float) -> Tensor:
     return _unflat(torch.where(pos, torch.minimum(f, tau), f), x)
 
 
+@kernel
 def rescale(x: Tensor, lo: float, hi: float) -> Tensor:
     """Positive entries linearly to [lo, hi] (min -> lo, max -> hi; all equal -> hi);
     non-positive entries become 0 (per image)."""
@@ -259,6 +326,7 @@ def along_layers(fn: Callable[[Tensor], Tensor], xs: list[Tensor]) -> list[Tenso
 # ------------------------------------------------------------------ projections
 
 
+@kernel
 def pc1(x: Tensor) -> Tensor:
     """Eigen-CAM (Muhammad & Yeasin, 2020): project each position's channel vector on the first
     principal component of the (HW × C) activation matrix, centred per channel.

@@ -210,8 +210,24 @@ class Workbench:
 
         return fn
 
+    def logits(self, images01: Tensor) -> Tensor:
+        """The model's logits (B, K) on images in [0, 1] (one no-grad forward, eval mode)."""
+        with torch.no_grad(), eval_mode(self.bundle.module):
+            return self.bundle.module(self.normalized(images01)).detach()
+
+    def explain_with(self, compiled: CompiledProgram, params=None) -> Callable[[torch.nn.Module, Tensor, Tensor], Tensor]:
+        """Re-run a program with another module in place of the model (for the randomisation
+        sanity check: a copy with re-initialised weights and the model's module names)."""
+
+        def fn(module: torch.nn.Module, images01: Tensor, targets: Tensor) -> Tensor:
+            caps = capture(module, self.normalized(images01), targets, compiled.request)
+            return compiled(caps, params)
+
+        return fn
+
     def metric_inputs(self, cb: CachedBatch, maps: Tensor, metric: Metric, compiled: CompiledProgram | None = None,
                       params=None) -> MetricInputs:
+        weights = "weights" in metric.needs and compiled is not None
         return MetricInputs(
             maps=maps,
             images=cb.batch.images,
@@ -219,6 +235,10 @@ class Workbench:
             masks=cb.batch.masks,
             score_fn=self.score_fn() if "model" in metric.needs else None,
             explain_fn=self.explain_fn(compiled, params) if ("explainer" in metric.needs and compiled is not None) else None,
+            logits=cb.caps.logits if "logits" in metric.needs else None,
+            model=self.bundle.module if weights else None,
+            explain_with=self.explain_with(compiled, params) if weights else None,
+            stage_layers=self.bundle.stage_layers or None,
         )
 
     def maps(self, compiled: CompiledProgram, cb: CachedBatch, params=None) -> Tensor:

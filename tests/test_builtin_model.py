@@ -12,9 +12,9 @@ from sycam.data.builtin import SHAPES, make_batch
 from sycam.models import builtin as MB
 from sycam.models.builtin import (
     DEFAULT_RECIPE,
+    NORMALIZE,
     BuiltinCNN,
     BuiltinRecipe,
-    Normalize,
     builtin_cache_path,
     evaluate_builtin,
     load_builtin_model,
@@ -47,10 +47,10 @@ def test_architecture_names_grids_and_size() -> None:
 
 def test_normalize_values_and_validation() -> None:
     x = torch.tensor([0.0, 0.5, 1.0]).view(1, 3, 1, 1)
-    assert Normalize()(x).flatten().tolist() == [-2.0, 0.0, 2.0]
-    assert Normalize()(x.double()).dtype == torch.float64
+    assert NORMALIZE(x).flatten().tolist() == [-2.0, 0.0, 2.0]
+    assert NORMALIZE(x.double()).dtype == torch.float64
     with pytest.raises(ValueError, match="Normalize"):
-        Normalize()(torch.zeros(1, 1, 4, 4))
+        NORMALIZE(torch.zeros(1, 1, 4, 4))
 
 
 def test_cache_path_location_and_recipe_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -96,7 +96,10 @@ def test_training_is_deterministic_and_leaves_global_state_alone() -> None:
         assert torch.equal(a, b), n
     assert not m1.training
     assert set(metrics) >= {"test_accuracy", "seconds", "train_seconds", "data_seconds"}
-    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["seconds"] > 0
+    # the reported accuracy is the model's own on the recipe's test images (this tiny recipe sits at
+    # chance; the floor of the real recipe is checked in test_default_model_accuracy_and_fast_cached_load)
+    assert metrics["test_accuracy"] == evaluate_builtin(m1, "test", TINY.test_n, TINY.size, TINY.data_seed)
+    assert metrics["seconds"] > 0
 
 
 def test_load_trains_once_then_reads_the_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -137,10 +140,16 @@ def test_default_model_accuracy_and_fast_cached_load() -> None:
     again = load_builtin_model(progress=False)
     load_seconds = time.perf_counter() - t
     assert load_seconds < 5.0, f"cached load took {load_seconds:.1f} s"
+    # measured: 97.5 % on the 512 test images (499 right), 97.3 % on 512 val images (498); a broken
+    # model, normalisation or generator falls below the floor
     acc = evaluate_builtin(bundle.module, "test", n=512)
-    assert acc >= 0.95, f"test accuracy {acc:.3f}"
+    assert acc >= 0.96, f"test accuracy {acc:.3f}"
+    val = evaluate_builtin(bundle.module, "val", n=512)
+    assert val >= 0.96, f"val accuracy {val:.3f}"
     x = make_batch("test", range(16)).images
     with torch.no_grad():
         assert torch.equal(bundle.module(bundle.normalize(x)), again.module(again.normalize(x)))
     blob = torch.load(builtin_cache_path(), weights_only=True)
-    assert blob["metrics"]["test_accuracy"] >= 0.95
+    # the cached number is this model's (up to 2 borderline images where the cache was trained on
+    # another device or thread count)
+    assert abs(blob["metrics"]["test_accuracy"] - acc) <= 2 / 512

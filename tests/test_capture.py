@@ -147,6 +147,21 @@ def test_extra_fields_are_hooked_too() -> None:
     assert set(c.A) == {"relu2"} and set(c.G) == {"relu2"}
 
 
+def test_take_keeps_the_chosen_images_of_every_field() -> None:
+    b = 4
+    ramp = lambda *shape: torch.arange(b * int(np.prod(shape)), dtype=torch.float32).view(b, *shape)  # noqa: E731
+    caps = Captures(A={"a": ramp(2, 3, 3)}, G={"a": -ramp(2, 3, 3)}, S={"s": ramp(2)}, D={"d": ramp(5)},
+                    Y=torch.tensor([10.0, 11.0, 12.0, 13.0]), logits=ramp(3), input_size=(9, 9))
+    assert caps.take(slice(0, b)) is caps and caps.take(slice(0, 99)) is caps
+    for chosen, rows in [(slice(1, 3), [1, 2]), (torch.tensor([3, 0]), [3, 0]),
+                         (torch.tensor([True, False, False, True]), [0, 3])]:
+        part = caps.take(chosen)
+        assert part.Y.tolist() == [10.0 + r for r in rows] and part.input_size == (9, 9)
+        for got, full in [(part.A["a"], caps.A["a"]), (part.G["a"], caps.G["a"]), (part.S["s"], caps.S["s"]),
+                          (part.D["d"], caps.D["d"]), (part.logits, caps.logits)]:
+            assert torch.equal(got, full[rows])
+
+
 def test_gradients_only_as_deep_as_needed() -> None:
     """Nothing before the earliest grad layer is differentiated: a backward hook on conv1 never fires."""
     model = seeded(Tiny)

@@ -46,12 +46,32 @@ def test_check_reads_files_and_reference_names(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+ELEVEN = {"gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam", "ablationcam", "eigencam",
+          "finercam", "layeravg", "winsorcam"}
+
+
 def test_programs_lists_the_eleven_references(capsys):
+    # exact names, not substrings: `gradcampp` must not stand in for a deleted `gradcam`
+    assert set(sycam.list_programs()) == ELEVEN
+    assert {p.stem for p in (Path(sycam.__file__).parent / "programs").glob("*.cam")} == ELEVEN
     assert main(["programs"]) == 0
-    out = capsys.readouterr().out
-    for name in ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam", "ablationcam", "eigencam",
-                 "finercam", "layeravg", "winsorcam"):
-        assert name in out
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert sorted(listed) == sorted(ELEVEN)  # one line each, no extra and none missing
+
+
+def test_programs_listing_notices_a_deleted_reference(tmp_path, monkeypatch, capsys):
+    """The check above can fail: with gradcam.cam gone (gradcampp.cam still there) the names differ."""
+    import shutil
+
+    import sycam.programs as P
+
+    copy = tmp_path / "programs"
+    shutil.copytree(P.PROGRAM_DIR, copy)
+    (copy / "gradcam.cam").unlink()
+    monkeypatch.setattr(P, "PROGRAM_DIR", copy)
+    assert main(["programs"]) == 0
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert listed == ELEVEN - {"gradcam"} and set(sycam.list_programs()) != ELEVEN
 
 
 def test_console_script_runs_without_torch_for_check():
@@ -102,19 +122,70 @@ def test_explainer_api_targets_layers_and_model_state():
     torch.testing.assert_close(explain(x, 2), explain(x, torch.tensor([2, 2, 2])))
     with torch.no_grad():
         model.eval()
-        preds = model(x).argmax(1)
+        preds = model(bundle.normalize(x)).argmax(1)  # a bundle's explainer feeds the normalised images
         model.train()
     torch.testing.assert_close(explain(x), explain(x, preds))
-    # several target layers: per-layer maps normalised at the input size and averaged
-    two = Explainer(bundle, "gradcam", layers=["stage2.0", "stage3.0"])(x, 1)
-    one_a = Explainer(bundle, "gradcam", layers="stage2.0")(x, 1)
-    one_b = Explainer(bundle, "gradcam", layers="stage3.0")(x, 1)
+    # several target layers: per-layer maps normalised at the input size and averaged (on the
+    # plain module, which sees x as given: un-normalised, no map of these layers is constant)
+    two = Explainer(model, "gradcam", layers=["stage2.0", "stage3.0"])(x, 1)
+    one_a = Explainer(model, "gradcam", layers="stage2.0")(x, 1)
+    one_b = Explainer(model, "gradcam", layers="stage3.0")(x, 1)
     expected = (one_a + one_b) / 2
     lo = expected.flatten(1).min(1).values[:, None, None]
     hi = expected.flatten(1).max(1).values[:, None, None]
     torch.testing.assert_close(two, (expected - lo) / (hi - lo), atol=1e-5, rtol=0)
     # chunking does not change results
     torch.testing.assert_close(Explainer(bundle, "gradcampp", chunk_size=1)(x, 1), Explainer(bundle, "gradcampp")(x, 1))
+
+
+def test_explainer_normalises_with_a_bundle_and_feeds_a_module_as_given():
+    bundle = _tiny()  # normalize: x - 0.5
+    model = bundle.module
+    seen: list[torch.Tensor] = []
+    hook = model.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 64, 64)
+    try:
+        with_bundle = Explainer(bundle, "gradcam")(x, [1, 2, 3])
+        assert len(seen) == 1 and torch.equal(seen[0], x - 0.5)
+        seen.clear()
+        with_module = Explainer(model, "gradcam", layers=bundle.default_layer)(x - 0.5, [1, 2, 3])
+        assert len(seen) == 1 and torch.equal(seen[0], x - 0.5)
+        seen.clear()
+        raw = Explainer(model, "gradcam", layers=bundle.default_layer)(x, [1, 2, 3])
+        assert len(seen) == 1 and torch.equal(seen[0], x)
+        seen.clear()
+        Explainer(bundle, "gradcam")(x)  # the prediction is made on the normalised images too
+        assert len(seen) == 2 and all(torch.equal(s, x - 0.5) for s in seen)
+    finally:
+        hook.remove()
+    assert torch.equal(with_bundle, with_module)
+    assert (raw - with_bundle).abs().max() > 0.05  # un-normalised images give other maps: the test can tell
+
+
+def test_explainer_on_a_bundle_matches_sycam_explain(tmp_path, monkeypatch, capsys, mobilenet_weights, imagenet_dev):
+    """``Explainer(load_model(...), "gradcam")`` on [0, 1] images gives the maps ``sycam explain``
+    draws for the same image files (MobileNetV2 with its real ImageNet weights)."""
+    import sycam.viz
+    from sycam.data._io import image_to_tensor, load_rgb
+    from sycam.models import load_model
+
+    files = sorted((imagenet_dev / "images").iterdir())[:2]
+    drawn: list[torch.Tensor] = []
+    real = sycam.viz.save_overlay
+    monkeypatch.setattr(sycam.viz, "save_overlay", lambda dest, image, cam, **kw: (drawn.append(cam), real(dest, image, cam, **kw)))
+    args = ["explain", "--model", "mobilenet_v2", "--weights", str(mobilenet_weights), "--device", "cpu",
+            "--program", "gradcam", "--out", str(tmp_path / "out"), *map(str, files)]
+    assert main(args) == 0
+    classes = [int(line.split("explained class ")[1].split()[0]) for line in capsys.readouterr().out.splitlines()]
+    bundle = load_model("mobilenet_v2", weights=str(mobilenet_weights), device="cpu")
+    images01 = torch.stack([image_to_tensor(load_rgb(f), 224) for f in files])
+    assert 0.0 <= float(images01.min()) and float(images01.max()) <= 1.0
+    maps = Explainer(bundle, "gradcam")(images01)  # targets: the predicted classes, as the CLI's
+    with torch.no_grad():
+        preds = bundle.module(bundle.normalize(images01)).argmax(1).tolist()
+    assert preds == classes and len(drawn) == len(files)
+    torch.testing.assert_close(maps, torch.stack(drawn), atol=1e-5, rtol=0)
 
 
 def test_explainer_errors_are_sycam_errors():

@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch import nn
 
+import sycam.evaluation as E
+import sycam.evaluation.job
 import sycam.workbench
-import sycam.evaluate as E
 from sycam.cli import main
 from sycam.data.base import Sample
 from sycam.errors import SycamError
@@ -102,7 +103,7 @@ def count_captures(monkeypatch):
         return fn
 
     monkeypatch.setattr(sycam.workbench, "capture", counted("bench"))
-    monkeypatch.setattr(E, "capture", counted("evaluate"))
+    monkeypatch.setattr(sycam.evaluation.job, "capture", counted("evaluate"))
     return calls
 
 

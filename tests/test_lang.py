@@ -140,6 +140,34 @@ def test_every_reference_program_type_checks():
         assert program.source.lstrip().startswith("#"), f"{name} has no header comment"
 
 
+def test_one_reader_for_names_aliases_files_and_text(tmp_path, monkeypatch):
+    from sycam import SycamError
+    from sycam.programs import locate, resolve_program
+
+    gradcam = load("gradcam")
+    assert resolve_program(gradcam) is gradcam
+    for spec in ("gradcam", " GradCAM ", "grad-cam"):
+        assert locate(spec) == ("reference", "gradcam") and resolve_program(spec) == gradcam
+    assert locate("grad-cam++") == ("reference", "gradcampp")
+    mine = tmp_path / "mine.cam"
+    mine.write_text("# mine\nrelu(sum_c(A))\n")
+    plain = tmp_path / "plain.txt"  # an existing file without the .cam suffix is a file too
+    plain.write_text("sum_c(G)\n")
+    assert locate(mine) == ("file", mine) and locate(str(mine)) == ("file", mine)
+    assert pretty(resolve_program(str(mine))) == "relu(sum_c(A))" and pretty(load(mine)) == "relu(sum_c(A))"
+    assert pretty(resolve_program(str(plain))) == "sum_c(G)"
+    assert locate("relu(sum_c(A))") is None and pretty(resolve_program("relu(sum_c(A))")) == "relu(sum_c(A))"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gradcam").write_text("sum_c(A)\n")  # a file named like a reference: the reference wins
+    assert resolve_program("gradcam") == gradcam
+    with pytest.raises(SycamError, match=r"program file not found: .*missing\.cam"):
+        resolve_program(str(tmp_path / "missing.cam"))
+    with pytest.raises(SycamError, match="unknown program 'gradkam'; did you mean gradcam"):
+        resolve_program("gradkam")  # a bare word is a name, not program text
+    with pytest.raises(SycamError, match="unknown program 'relu.sum_c.A..'"):
+        load("relu(sum_c(A))")  # load reads names and files only
+
+
 @pytest.mark.parametrize("a, b", [
     ("sum_c(A * G)", "sum_c(G * A)"),
     ("relu(relu(sum_c(A)))", "relu(sum_c(A))"),

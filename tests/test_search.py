@@ -104,7 +104,8 @@ def test_value_key_ignores_float_noise_but_not_differences():
 
 
 def test_enumerated_values_match_the_compiler():
-    # the enumerator evaluates sub-expressions itself; they must agree with the compiled program
+    # the enumerator evaluates sub-expressions on the probe (through compile.eval_op); they must agree
+    # with the compiled program (which computes sum_c(w * T) as one matrix product)
     model = tiny_cnn()
     caps, resolver = probe_captures(model)
     enum = Enumerator(caps, resolver, max_size=6, lifted=0)
@@ -121,8 +122,12 @@ def test_enumerated_values_match_the_compiler():
 def test_hall_of_fame_shows_the_simplified_form_only_where_it_is_shorter():
     from sycam.search.synthesize import _simplified
 
-    assert _simplified("A + A") == "2*A"
-    assert _simplified("norm(2 * relu(A))") == "norm(relu(A))"
+    assert _simplified("sum_c(A + A)") == "sum_c(A)"
+    assert _simplified("norm(2 * relu(sum_c(A)))") == "relu(sum_c(A))"
+    assert _simplified("sq(sq(sum_c(sq(A))))") == "sum_c(sq(A))^4"  # sympy's form, in sycam's syntax
     assert _simplified("relu(sum_c(mean_hw(G) * A))") == ""  # only the operands' order would change
-    # multi-layer programs: sympy's internal spelling of each/fuse is never shown
-    assert _simplified("fuse(each(convs, norm(relu(A) + relu(A))), mean)") == ""
+    assert _simplified("sum_c(mean_hw(G) / mean_hw(G) * A)") == "sum_c(sign(abs(mean_hw(G))) * A)"
+    # multi-layer programs too, in sycam's own syntax
+    assert _simplified("fuse(each(convs, norm(relu(sum_c(A)) + relu(sum_c(A)))), mean)") == \
+        "fuse(each(convs, norm(relu(sum_c(A)))), mean)"
+    assert _simplified("not a program (") == ""

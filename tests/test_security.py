@@ -175,7 +175,7 @@ def test_planted_partial_results_of_evaluate_run_nothing(tmp_path: Path) -> None
     public path needs a model and a dataset.)"""
     import numpy as np
 
-    from sycam.evaluate import _load_partials
+    from sycam.evaluation.resume import load_partials
 
     partial = tmp_path / "partial"
     partial.mkdir()
@@ -188,7 +188,7 @@ def test_planted_partial_results_of_evaluate_run_nothing(tmp_path: Path) -> None
     planted = partial / "part-00000000-00000.npz"
     np.savez(planted, fingerprint=np.array("k"), indices=np.array([0]), payload=np.array([_Payload(marker)], dtype=object))
     with pytest.warns(UserWarning, match="ignoring unreadable partial file"):
-        assert _load_partials(partial, "k", 10) == {"batches": []}
+        assert load_partials(partial, "k", 10) == {"batches": []}
     assert not marker.exists() and not planted.exists()
 
 

@@ -94,7 +94,7 @@ def builtin_bundle(device: torch.device) -> tuple[ModelBundle, str]:
     """The built-in CNN as a bundle: trained weights from sycam's cache when present, else the
     same architecture with random weights (this benchmark never trains; speed and memory do not
     depend on the weights)."""
-    from sycam.models.builtin import BuiltinCNN, Normalize, builtin_cache_path
+    from sycam.models.builtin import NORMALIZE, BuiltinCNN, builtin_cache_path
 
     if builtin_cache_path().is_file():
         from sycam.models import load_model
@@ -102,7 +102,7 @@ def builtin_bundle(device: torch.device) -> tuple[ModelBundle, str]:
         return load_model("builtin", device=device), "trained (cached)"
     torch.manual_seed(0)
     net = BuiltinCNN().to(device).eval()
-    bundle = ModelBundle(module=net, normalize=Normalize(), input_size=(64, 64), num_classes=8,
+    bundle = ModelBundle(module=net, normalize=NORMALIZE, input_size=(64, 64), num_classes=8,
                          default_layer=net.stage_names[-1], name="builtin", class_names=None,
                          stage_layers=net.stage_names)
     return bundle, "random (seed 0; no cached trained weights)"
@@ -110,8 +110,8 @@ def builtin_bundle(device: torch.device) -> tuple[ModelBundle, str]:
 
 def tiny_bundle(device: torch.device, size: int = 32) -> ModelBundle:
     """:class:`TinyNet` (8 classes, the built-in benchmark's) as a bundle, for smoke runs."""
-    from sycam.models.builtin import Normalize
+    from sycam.models.builtin import NORMALIZE
 
     torch.manual_seed(0)
-    return ModelBundle(module=TinyNet(num_classes=8).to(device).eval(), normalize=Normalize(), input_size=(size, size),
+    return ModelBundle(module=TinyNet(num_classes=8).to(device).eval(), normalize=NORMALIZE, input_size=(size, size),
                        num_classes=8, default_layer="layer4", name="tiny", stage_layers=["conv1", "layer4"])

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from sycam.errors import SycamError
 from sycam.lang import ast as A
-from sycam.lang import check, parse, pretty
+from sycam.lang import check, pretty
 from sycam.lang.canon import canonical_text
 from sycam.lang.pretty import fmt_number
 
@@ -16,19 +14,6 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("program", help="program text, a .cam file, or a reference program name")
     else:
         parser.add_argument("--verbose", "-v", action="store_true", help="show each program's header and text")
-
-
-def _read(spec: str) -> A.Program:
-    from sycam.programs import ALIASES, list_programs, load
-
-    path = Path(spec)
-    if spec.endswith(".cam") or (len(spec) < 4096 and "\n" not in spec and path.is_file()):
-        if not path.is_file():
-            raise SycamError(f"program file not found: {spec}")
-        return load(path)
-    if spec.lower() in list_programs() or spec.lower() in ALIASES:
-        return load(spec)
-    return parse(spec)
 
 
 def _params(program: A.Program) -> list[str]:
@@ -43,7 +28,9 @@ def _params(program: A.Program) -> list[str]:
 def run(name: str, args: argparse.Namespace) -> int:
     if name == "programs":
         return _programs(args.verbose)
-    program = _read(args.program)
+    from sycam.programs import resolve_program
+
+    program = resolve_program(args.program)
     result = check(program)
     print(f"type:      {result.type}")
     print(f"size:      {A.size(result.expr)} nodes")

@@ -16,6 +16,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from sycam.data import FORMS_HELP, path_form
 from sycam.errors import SycamError
 
 DEFAULT_METHODS = "gradcam,gradcampp,layercam,winsorcam,random"
@@ -34,7 +35,7 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
                         help="builtin (default), a torchvision model name, or an import path package.module:factory")
     parser.add_argument("--weights", default=None, help="local state-dict file (or torchvision weights name in "
                         "torch hub's cache)")
-    parser.add_argument("--data", default="builtin", help="builtin (default), folder:PATH, coco:PATH or voc:PATH")
+    parser.add_argument("--data", default="builtin", help=FORMS_HELP)
     parser.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
                         help="which split of the dataset (default: test)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images of the split")
@@ -65,7 +66,7 @@ def _split_list(text: str, what: str) -> list[str]:
 
 def _identity(args: argparse.Namespace) -> dict[str, Any]:
     """What, besides methods and metrics, decides the per-image values (for the resume fingerprint)."""
-    from sycam.evaluate import file_digest
+    from sycam.files import file_digest
 
     weights: Any = None
     if args.weights is not None:
@@ -81,17 +82,16 @@ def _identity(args: argparse.Namespace) -> dict[str, Any]:
         except ImportError:
             model_key = None
     data = args.data
-    form, sep, path = data.partition(":")
-    if sep and form.lower() in ("folder", "coco", "voc"):
-        data = f"{form.lower()}:{Path(path).expanduser().resolve()}"
+    found = path_form(data)
+    if found is not None:
+        data = f"{found[0]}:{Path(found[1]).expanduser().resolve()}"
     return {"model": args.model, "model_key": model_key, "weights": weights, "data": data, "split": args.split,
             "limit": args.limit, "size": args.size, "targets": args.targets, "on_error": args.on_error}
 
 
 def run(name: str, args: argparse.Namespace) -> int:
     """Run ``sycam evaluate``; user errors raise :class:`SycamError`."""
-    from sycam.evaluate import (
-        check_writable,
+    from sycam.evaluation import (
         default_out_dir,
         evaluate,
         format_table,
@@ -101,6 +101,7 @@ def run(name: str, args: argparse.Namespace) -> int:
         resolve_methods,
         resolve_metrics,
     )
+    from sycam.files import check_writable
 
     if args.limit is not None and args.limit < 1:
         raise SycamError(f"--limit must be a positive integer, got {args.limit}")

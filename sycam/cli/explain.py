@@ -49,13 +49,10 @@ def run(name: str, args: argparse.Namespace) -> int:
     from sycam._state import eval_mode
     from sycam.data._io import image_to_tensor, load_rgb
     from sycam.explainer import Explainer
+    from sycam.files import check_writable
     from sycam.viz import save_overlay
 
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise SycamError(f"cannot create the output folder {out}: {err.strerror or err}") from None
+    out = check_writable(args.out)  # before the first image is explained
     explainer = Explainer(bundle, args.program, layers=args.layer, params=_params(args.param))
     size = bundle.input_size[0]
     model_device = next(bundle.module.parameters()).device
@@ -68,7 +65,7 @@ def run(name: str, args: argparse.Namespace) -> int:
         target = int(probs.argmax()) if args.target is None else args.target
         if not 0 <= target < bundle.num_classes:
             raise SycamError(f"--target {target} is out of range: the model has {bundle.num_classes} classes")
-        cam = explainer(inputs, target)[0]
+        cam = explainer(image01[None], target)[0]  # the explainer normalises with the bundle
         dest = out / f"{Path(path).stem}.{_slug(args.program)}.png"
         save_overlay(dest, image01.cpu(), cam.cpu(), alpha=args.alpha)
         print(f"{path}: explained class {target} ({names[target]}, p={float(probs[target]):.3f}) -> {dest}")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+
+from sycam.data import FORMS_HELP
 from sycam.errors import SycamError
 
 
@@ -18,7 +20,7 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--metrics", required=True, help="comma-separated metrics for a multi-objective search, e.g. iou,deletion")
     parser.add_argument("--model", default="builtin", help="builtin (default), a torchvision name, or package.module:factory")
     parser.add_argument("--weights", default=None, help="local weights file (loaded with weights_only=True) or a torchvision enum name")
-    parser.add_argument("--data", default="builtin", help="builtin (default), folder:PATH, coco:PATH or voc:PATH")
+    parser.add_argument("--data", default="builtin", help=FORMS_HELP)
     parser.add_argument("--budget", type=float, default=90.0, help="seconds of search (default 90)")
     parser.add_argument("--candidates", type=int, default=None, help="stop after this many candidates instead of after --budget seconds "
                         "(no clock involved: the run is reproducible)")

@@ -22,22 +22,53 @@ spec               what it gives
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from sycam.data._io import DataError, RecordDataset
-from sycam.data.base import Batch, Dataset, Sample, collate
+if TYPE_CHECKING:
+    from sycam.data._io import DataError, RecordDataset
+    from sycam.data.base import Batch, Dataset, Sample, collate
 
 __all__ = [
     "Batch",
     "DataError",
     "Dataset",
     "FORMS",
+    "FORMS_HELP",
+    "PATH_FORMS",
     "RecordDataset",
     "Sample",
     "collate",
     "open_dataset",
+    "path_form",
 ]
 
-FORMS = ("builtin", "folder:PATH", "coco:PATH", "voc:PATH")
+#: the forms that read files: ``FORM:PATH``
+PATH_FORMS = ("folder", "coco", "voc")
+#: every form of a dataset spec
+FORMS = ("builtin",) + tuple(f"{form}:PATH" for form in PATH_FORMS)
+#: the forms as the command line's help says them
+FORMS_HELP = "builtin (default), " + ", ".join(FORMS[1:-1]) + " or " + FORMS[-1]
+
+
+def __getattr__(name: str) -> Any:
+    # the torch-using members load on first use, so that the command line can build its help (and
+    # read the forms above) without importing torch
+    if name in ("Batch", "Dataset", "Sample", "collate"):
+        from sycam.data import base
+
+        return getattr(base, name)
+    if name in ("DataError", "RecordDataset"):
+        from sycam.data import _io
+
+        return getattr(_io, name)
+    raise AttributeError(f"module 'sycam.data' has no attribute {name!r}")
+
+
+def path_form(spec: str) -> tuple[str, str] | None:
+    """``(form, path)`` of a ``FORM:PATH`` dataset spec (the form lower-cased, the path as
+    given), or None for any other spec (``builtin``, or an unknown form)."""
+    form, sep, path = spec.partition(":")
+    return (form.lower(), path) if sep and form.lower() in PATH_FORMS else None
 
 
 def open_dataset(
@@ -62,9 +93,8 @@ def open_dataset(
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"dataset spec must be a non-empty string, one of {', '.join(FORMS)}; got {spec!r}")
     spec = spec.strip()
-    form, sep, path = spec.partition(":")
-    form = form.lower()
-    if form == "builtin" and not path:
+    head, _, rest = spec.partition(":")
+    if head.lower() == "builtin" and not rest:
         from sycam.data.builtin import BuiltinBenchmark  # lazy: written separately, may pull extra deps
 
         kwargs: dict[str, object] = {"split": split}
@@ -75,7 +105,9 @@ def open_dataset(
         if split_seed is not None:
             kwargs["seed"] = split_seed
         return BuiltinBenchmark(**kwargs)  # type: ignore[arg-type]
-    if sep and form in ("folder", "coco", "voc"):
+    found = path_form(spec)
+    if found is not None:
+        form, path = found
         if not path.strip():
             raise ValueError(f"dataset spec {spec!r} has no path after '{form}:'")
         if form == "folder":
@@ -91,5 +123,6 @@ def open_dataset(
         return open_voc(path, split=split, size=size, limit=limit, on_error=on_error, split_seed=split_seed)
     hint = ""
     if Path(spec).expanduser().exists():
-        hint = f" (a path: did you mean 'folder:{spec}', 'coco:{spec}' or 'voc:{spec}'?)"
+        forms = [f"'{form}:{spec}'" for form in PATH_FORMS]
+        hint = f" (a path: did you mean {', '.join(forms[:-1])} or {forms[-1]}?)"
     raise ValueError(f"unknown dataset spec {spec!r}{hint}; expected one of {', '.join(FORMS)}")

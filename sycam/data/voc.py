@@ -119,10 +119,10 @@ def open_voc(
     root = _find_voc_root(given)
     skipped: list[tuple[str, str]] = []
     if root is not None:
-        candidates, annotations = _standard_candidates(root, split, on_error, skipped)
+        candidates, annotations = _standard_candidates(root, split, on_error, skipped, split_seed)
     elif (given / "manifest.csv").is_file():
         root, annotations = given, None
-        candidates = _manifest_candidates(given, split, on_error, skipped)
+        candidates = _manifest_candidates(given, split, on_error, skipped, split_seed)
     else:
         raise DataError(
             f"{given} is not a VOC dataset: expected JPEGImages/ and SegmentationClass/ (VOC2012 layout), "
@@ -160,7 +160,7 @@ def open_voc(
 
 
 def _standard_candidates(
-    root: Path, split: str, on_error: str, skipped: list[tuple[str, str]]
+    root: Path, split: str, on_error: str, skipped: list[tuple[str, str]], split_seed: int | None = None
 ) -> tuple[list[Record], Path]:
     lists = root / "ImageSets" / "Segmentation"
     train_txt, val_txt = lists / "train.txt", lists / "val.txt"
@@ -198,7 +198,8 @@ def _standard_candidates(
     return out, root / "Annotations"
 
 
-def _manifest_candidates(root: Path, split: str, on_error: str, skipped: list[tuple[str, str]]) -> list[Record]:
+def _manifest_candidates(root: Path, split: str, on_error: str, skipped: list[tuple[str, str]],
+                         split_seed: int | None = None) -> list[Record]:
     manifest = root / "manifest.csv"
     with manifest.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)

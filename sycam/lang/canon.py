@@ -1,22 +1,25 @@
 """Canonical form of programs through sympy: equal canonical forms are one candidate.
 
 Arithmetic is sympy's own (commutativity, associativity, collecting terms, ``x*x = x**2``).
-Operators are uninterpreted functions with rewrite rules that hold for sycam's semantics:
-idempotence (``relu(relu(x)) = relu(x)``, ``norm(norm(x)) = norm(x)``, ``abs(abs(x))``,
-``sign(sign(x))``), absorption (``relu(abs(x)) = abs(x)``, ``abs(relu(x)) = relu(x)``),
-positive homogeneity of ``relu`` and of the sums/means/maxima, and scale invariance of ``norm``,
-``softmax``-free normalisers (``norm(c*x) = norm(x)`` for c > 0). Division is treated as exact
-division (sycam guards x/0; the rare programs where that matters are separated by the
-observational check on a probe batch).
+Every other operator is an uninterpreted sympy function carrying the rewrite rules its row of the
+operator table declares (:class:`sycam.lang.ops.Canon`), each of which holds for sycam's kernels:
+idempotence (``relu(relu(x)) = relu(x)``, ``abs``, ``sign``, ``norm``, ``zscore``; ``max(x, x) = x``),
+absorption (``abs(relu(x)) = relu(x)``), positive homogeneity (``relu``, the sums, means and maxima,
+``pc1``: ``f(c·x) = c·f(x)`` for c > 0), scale invariance (``norm``, ``zscore``, ``sign``:
+``f(c·x) = f(x)``) and commutativity (``max``, ``min``). Division is treated as exact division
+(sycam guards x/0; the rare programs where that matters are separated by the observational check
+on a probe batch).
 """
 from __future__ import annotations
 
 import functools
 import hashlib
+from typing import Callable
 
 import sympy as sp
 
 from sycam.lang import ast as A
+from sycam.lang.ops import TABLE, Canon, operator_of
 from sycam.lang.pretty import _selection, fmt_number
 
 
@@ -34,22 +37,26 @@ class _Op(sp.Function):
     is_commutative = True
 
 
-def _make(name: str, rules: str = "") -> type:
-    """A sympy Function named ``name`` with the given rewrite rules (letters):
-    i = idempotent, h = positively homogeneous (f(c x) = c f(x), c > 0), s = scale invariant
-    (f(c x) = f(x), c > 0), r = absorbs into/under abs as relu does."""
+def _make(name: str, rule: Canon) -> type:
+    """A sympy Function named ``name`` applying ``rule``'s rewrites when it is built."""
 
     @classmethod
     def eval(cls, *args):  # noqa: ANN001 - sympy's protocol
-        x = args[0]
-        if "i" in rules and isinstance(x, cls) and len(args) == 1:
-            return x
-        if "r" in rules and isinstance(x, sp.Abs):
-            return x
-        if ("h" in rules or "s" in rules) and len(args) == 1:
-            c, rest = _positive_factor(x)
+        if rule.idempotent:
+            if len(args) == 1 and isinstance(args[0], cls):
+                return args[0]
+            if len(args) == 2 and args[0] == args[1]:
+                return args[0]
+        if rule.absorbs and len(args) == 1 and isinstance(args[0], tuple(_fn(g) for g in rule.absorbs)):
+            return args[0]
+        if rule.commutative:
+            ordered = sorted(args, key=sp.default_sort_key)
+            if list(args) != ordered:
+                return cls(*ordered)
+        if (rule.homogeneous or rule.scale_invariant) and len(args) == 1:
+            c, rest = _positive_factor(args[0])
             if c != 1:
-                return cls(rest) if "s" in rules else c * cls(rest)
+                return cls(rest) if rule.scale_invariant else c * cls(rest)
         return None
 
     return type(name, (_Op,), {"eval": eval, "nargs": None})
@@ -59,11 +66,17 @@ _FUNCS: dict[str, type] = {}
 
 
 def _fn(name: str) -> type:
+    """The sympy function of operator ``name`` (or of ``each#SEL`` / ``fuse#MODE#GRID``, which have no rules)."""
     if name not in _FUNCS:
-        rules = {"relu": "irh", "norm": "is", "sign": "is", "sum_hw": "h", "mean_hw": "h", "max_hw": "h",
-                 "sum_c": "h", "mean_c": "h", "max_c": "h", "zscore": "is", "threshold": "h", "pc1": "h"}.get(name.split("#")[0], "")
-        _FUNCS[name] = _make(name, rules)
+        spec = TABLE.get(name)
+        _FUNCS[name] = _make(name, spec.canon if spec is not None else Canon())
     return _FUNCS[name]
+
+
+_ARITHMETIC: dict[str, Callable[..., sp.Expr]] = {
+    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b, "div": lambda a, b: a / b,
+    "pow": lambda a, b: a ** b, "neg": lambda a: -a, "square": lambda a: a ** 2,
+}
 
 
 def _layer_suffix(ref: A.LayerRef | None) -> str:
@@ -80,25 +93,13 @@ def to_sympy(node: A.Expr) -> sp.Expr:
         return sp.Symbol(node.kind + _layer_suffix(node.layer))
     if isinstance(node, A.Var):
         return sp.Symbol("$" + node.name)
-    if isinstance(node, A.BinOp):
-        a, b = to_sympy(node.left), to_sympy(node.right)
-        return {"+": a + b, "-": a - b, "*": a * b, "/": a / b}[node.op]
-    if isinstance(node, A.Pow):
-        return to_sympy(node.base) ** to_sympy(node.exponent)
-    if isinstance(node, A.Call):
-        args = [to_sympy(a) for a in node.args]
-        fn = node.fn
-        if fn == "neg":
-            return -args[0]
-        if fn == "sq":
-            return args[0] ** 2
-        if fn == "abs":  # abs(abs x) = abs x, abs(relu x) = relu x; no sympy Abs (it compares arguments)
-            x = args[0]
-            return x if isinstance(x, (_fn("relu"), _fn("abs"))) else _fn("abs")(x)
-        if fn in ("max", "min"):  # commutative and idempotent; uninterpreted (sympy's Max compares)
-            a, b = sorted(args, key=sp.default_sort_key)
-            return a if a == b else _fn(fn)(a, b)
-        return _fn(fn)(*args)
+    if isinstance(node, A.Call) and node.fn.endswith("#"):  # an opaque stand-in (sycam.lang.symform's div#, pow#)
+        return _fn(node.fn)(*[to_sympy(a) for a in node.args])
+    if isinstance(node, (A.BinOp, A.Pow, A.Call)):
+        spec, operands = operator_of(node)
+        args = [to_sympy(a) for a in operands]
+        how = spec.canon.sympy
+        return _fn(spec.name)(*args) if how == "function" else _ARITHMETIC[how](*args)
     if isinstance(node, A.Each):
         return _fn("each#" + _selection(node.selection))(to_sympy(node.body))
     if isinstance(node, A.Fuse):

@@ -13,6 +13,9 @@ different C, H, W, so combining them is a type error (``fuse`` is how layers mee
 Broadcasting: Scalar with anything; Channels with Tensor over H,W; Map with Tensor over C;
 Channels with Map gives a Tensor; ``Layers<X>`` with ``Layers<Y>`` of the same selection
 elementwise, and with a Scalar. Unary operators lift over ``Layers``.
+
+Each operator's rule is its row's :class:`~sycam.lang.ops.TypeRule` in the table of operators;
+this module applies the rules (and the bounds of constant arguments) and types everything else.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 
 from sycam.errors import ProgramTypeError
 from sycam.lang import ast as A
-from sycam.lang.ops import OPS
+from sycam.lang.ops import Applied, OpSpec, operator_of
 from sycam.lang.pretty import _selection
 
 _AXES = {"Scalar": frozenset(), "Channels": frozenset("C"), "Map": frozenset("HW"), "Tensor": frozenset("CHW")}
@@ -52,7 +55,6 @@ class LayersType:
 AnyType = Type | LayersType
 SCALAR = Type("Scalar")
 MAX_CONSTANT = 3e38  # float32 holds up to 3.4e38
-MAX_EXPONENT = 64  # the same bound as sycam.kernels.MAX_EXPONENT
 
 
 def _where(layer: str | None) -> str:
@@ -116,11 +118,8 @@ class _Checker:
                 return SCALAR
             layer = "@" + node.layer.key() if node.layer is not None else ("@each" if in_each else "@default")
             return Type("Tensor" if node.kind in "AG" else "Channels", layer)
-        if isinstance(node, A.BinOp):
-            return self.broadcast(node, self.infer(node.left, in_each), self.infer(node.right, in_each), f"'{node.op}'")
-        if isinstance(node, A.Pow):
-            self.constant_in(node.exponent, -MAX_EXPONENT, MAX_EXPONENT, "an exponent")
-            return self.infer(node.base, in_each)
+        if isinstance(node, (A.BinOp, A.Pow, A.Call)):
+            return self.apply(node, in_each)
         if isinstance(node, A.Each):
             if in_each:
                 raise self.fail(node, "each(...) cannot be nested inside each(...)")
@@ -140,8 +139,6 @@ class _Checker:
                     raise self.fail(node.weights, f"fuse(...) weights are over '{weights.selection}' but the maps over '{maps.selection}'")
             # maps fused to the input size all share one grid; the finest layer grid depends on the selection
             return Type("Map", "fused:input" if node.grid == "input" else f"fused:{maps.selection}")
-        if isinstance(node, A.Call):
-            return self.call(node, in_each)
         raise self.fail(node, f"unknown node {type(node).__name__}")  # pragma: no cover
 
     def constant_in(self, node: A.Expr, lo: float, hi: float, what: str, at: A.Expr | None = None) -> None:
@@ -153,54 +150,32 @@ class _Checker:
         if isinstance(node, A.Param) and node.lo is not None and not (lo <= node.lo and node.hi <= hi):  # type: ignore[operator]
             raise self.fail(where, f"{what} must lie in [{lo:g}, {hi:g}]; ?{node.name}'s range is [{node.lo:g}, {node.hi:g}]")
 
-    def call(self, node: A.Call, in_each: bool) -> AnyType:
-        spec = OPS[node.fn]
-        if node.fn in ("winsorize", "percentile", "threshold"):
-            self.constant_in(node.args[1], 0.0, 100.0, f"{node.fn}'s percentile", at=node)
-        args = [self.infer(a, in_each) for a in node.args]
-        x = args[0]
-        if spec.family == "elementwise":
-            return x
-        if spec.family == "binary":
-            return self.broadcast(node, args[0], args[1], f"{node.fn}(...)")
-        if isinstance(x, LayersType) and not (spec.family in ("axis", "percentile") and x.elem.kind == "Scalar"):
-            inner = self.call_on(node, x.elem)
-            return LayersType(inner, x.selection)  # type: ignore[arg-type]
-        if isinstance(x, LayersType):  # axis ops on Layers<Scalar> work along the layers
-            return SCALAR if spec.family == "percentile" else x
-        return self.call_on(node, x)
+    def apply(self, node: Applied, in_each: bool) -> AnyType:
+        """The type of an operator node, by its row's :class:`~sycam.lang.ops.TypeRule`."""
+        spec, args = operator_of(node)
+        for r in spec.ranges:  # constant arguments first: their bounds do not depend on the types
+            self.constant_in(args[r.index], r.lo, r.hi, r.what.format(fn=spec.name), at=None if r.at_arg else node)
+        types = [self.infer(a, in_each) for a in args]
+        rule = spec.typing
+        if rule.broadcast:
+            return self.broadcast(node, types[0], types[1], f"'{spec.name}'" if spec.infix else f"{spec.name}(...)")
+        x = types[0]
+        if isinstance(x, LayersType):
+            if rule.along_layers and x.elem.kind == "Scalar":  # one value along the layers, as Channels along C
+                out = self.rule(node, spec, Type("Channels"))
+                return x if out.kind == "Channels" else out
+            return LayersType(self.rule(node, spec, x.elem), x.selection)
+        return self.rule(node, spec, x)
 
-    def call_on(self, node: A.Call, x: Type) -> Type:
-        fn, family = node.fn, OPS[node.fn].family
-        if family == "reduce_hw":
-            if x.kind == "Tensor":
-                return Type("Channels", x.layer)
-            if x.kind == "Map":
-                return SCALAR
-            raise self.fail(node, f"{fn} reduces over H and W: it needs a Tensor or a Map, got {x}")
-        if family == "reduce_c":
-            if x.kind == "Tensor":
-                return Type("Map", x.layer)
-            if x.kind == "Channels":
-                return SCALAR
-            raise self.fail(node, f"{fn} reduces over channels: it needs a Tensor or Channels, got {x}")
-        if family == "softmax_c":
-            if x.kind in ("Tensor", "Channels"):
-                return x
-            raise self.fail(node, f"softmax_c needs a Tensor or Channels, got {x}")
-        if family == "pc1":
-            if x.kind == "Tensor":
-                return Type("Map", x.layer)
-            raise self.fail(node, f"pc1 projects a Tensor (C×H×W) onto its first principal component, got {x}")
-        if family == "percentile":
-            if x.kind == "Scalar":
-                raise self.fail(node, "percentile of a single Scalar is the Scalar itself; apply it to a Map, Channels, Tensor or Layers<Scalar>")
-            return SCALAR
-        if family == "axis":
-            if x.kind == "Scalar":
-                raise self.fail(node, f"{fn} of a single Scalar per image is degenerate; apply it to a Map, Channels, Tensor or Layers<Scalar>")
+    def rule(self, node: Applied, spec: OpSpec, x: Type) -> Type:
+        """``spec``'s type rule applied to one (per-layer) value of type ``x``."""
+        kinds = spec.typing.kinds
+        if kinds is None:
             return x
-        raise self.fail(node, f"unknown operator family {family}")  # pragma: no cover
+        out = kinds.get(x.kind)
+        if out is None:
+            raise self.fail(node, spec.typing.error.format(fn=spec.name, x=x))
+        return SCALAR if out == "Scalar" else Type(out, x.layer)
 
 
 def check(program: A.Program) -> CheckResult:

@@ -1,4 +1,4 @@
-"""Saliency metrics: localisation, faithfulness, robustness, complexity (batched torch).
+"""Saliency metrics: localisation, faithfulness, robustness, complexity, sanity checks (batched torch).
 
 ``get_metric(name, **options)`` builds a metric by its CLI name; ``iou@T`` (e.g. ``iou@0.5``)
 is the fixed-threshold IoU family. Each metric maps :class:`MetricInputs` to per-image float32
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from sycam.metrics.base import ExplainFn, Metric, MetricInputs, ScoreFn, validate_inputs
+from sycam.metrics.base import ExplainFn, ExplainWith, Metric, MetricInputs, ScoreFn, validate_inputs
+from sycam.metrics.cascade import RandomisationStep, cascading_randomisation, randomisation_steps
 from sycam.metrics.complexity import Sparsity, gini
 from sycam.metrics.faithfulness import (
     AverageDrop,
@@ -34,6 +35,15 @@ from sycam.metrics.localisation import (
     parse_iou_at,
 )
 from sycam.metrics.robustness import Robustness, pearson_maps
+from sycam.metrics.sanity import (
+    THRESHOLDS,
+    ClassSensitivity,
+    ClassSensitivityTop2,
+    ModelRandomisation,
+    RandomisationTop,
+    passes,
+    spearman,
+)
 from sycam.metrics.stats import bootstrap_ci
 
 #: CLI name → metric class (constructed with keyword options by :func:`get_metric`)
@@ -52,6 +62,10 @@ METRICS: dict[str, Callable[..., Metric]] = {
     "road": Road,
     "robustness": Robustness,
     "sparsity": Sparsity,
+    "randomisation": ModelRandomisation,
+    "randomisation_top": RandomisationTop,
+    "class_sensitivity": ClassSensitivity,
+    "class_sensitivity_top2": ClassSensitivityTop2,
 }
 
 
@@ -81,18 +95,25 @@ def list_metrics() -> list[str]:
 
 __all__ = [
     "METRICS",
+    "THRESHOLDS",
     "AverageDrop",
     "AverageIncrease",
     "CentreOfMassDistance",
+    "ClassSensitivity",
+    "ClassSensitivityTop2",
     "Deletion",
     "EnergyPointingGame",
     "ExplainFn",
+    "ExplainWith",
     "FinerDrop",
     "Insertion",
     "Metric",
     "MetricInputs",
+    "ModelRandomisation",
     "OtsuIoU",
     "PointingGame",
+    "RandomisationStep",
+    "RandomisationTop",
     "Road",
     "RoadLeRF",
     "RoadMoRF",
@@ -101,6 +122,7 @@ __all__ = [
     "Sparsity",
     "ThresholdIoU",
     "bootstrap_ci",
+    "cascading_randomisation",
     "dilate_disc",
     "gaussian_blur",
     "get_metric",
@@ -109,7 +131,10 @@ __all__ = [
     "list_metrics",
     "otsu_thresholds",
     "parse_iou_at",
+    "passes",
     "pearson_maps",
     "pixel_ranks",
+    "randomisation_steps",
+    "spearman",
     "validate_inputs",
 ]

@@ -3,7 +3,9 @@
 Metrics know nothing of programs, models or datasets. They see a batch of saliency maps and,
 where they need them, the images, the targets, a ground-truth mask, a ``score_fn`` (the model's
 target probability on perturbed images) and an ``explain_fn`` (the explainer under test, re-run
-on perturbed images). Every metric returns one float32 value per image, NaN where the metric is
+on perturbed images), and for the sanity checks the model's ``logits`` on the images, the
+``model`` itself and ``explain_with`` (the explainer re-run with another copy of the model: the
+metrics never change the user's model). Every metric returns one float32 value per image, NaN where the metric is
 undefined for that image (each metric's docstring lists those cases); aggregation elsewhere uses
 ``nanmean`` and reports the number of valid values.
 """
@@ -11,19 +13,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 #: what a metric may need beyond the maps
-NEEDS = frozenset({"mask", "model", "explainer"})
+NEEDS = frozenset({"mask", "model", "explainer", "logits", "weights"})
 
 #: values a little outside [0, 1] are tolerated (float error of resizing / normalisation)
 RANGE_TOL = 1e-4
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 ExplainFn = Callable[[Tensor, Tensor], Tensor]
+ExplainWith = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 
 @dataclass
@@ -34,7 +37,12 @@ class MetricInputs:
     ``images`` (B, 3, H, W) float in [0, 1]. ``targets`` (B,) long class indices.
     ``masks`` (B, H, W) bool ground truth. ``score_fn(images01 (N,3,H,W), targets (N,)) -> (N,)``
     the model's probability of the target class. ``explain_fn(images01, targets) -> (N, H, W)``
-    maps in [0, 1] from the explainer under evaluation.
+    maps in [0, 1] from the explainer under evaluation. ``logits`` (B, K) the model's logits on
+    ``images``. ``model`` the network explained (read, never modified: a metric that perturbs
+    weights works on a copy) and ``explain_with(module, images01, targets) -> (N, H, W)`` the same
+    explainer computed with ``module`` in place of the model (a copy with other weights and the
+    same module names); ``stage_layers`` the model's stage layers (the randomisation cascade's
+    blocks; found by a probe where absent).
     """
 
     maps: Tensor
@@ -43,13 +51,17 @@ class MetricInputs:
     masks: Tensor | None = None
     score_fn: ScoreFn | None = None
     explain_fn: ExplainFn | None = None
+    logits: Tensor | None = None
+    model: nn.Module | None = None
+    explain_with: ExplainWith | None = None
+    stage_layers: Sequence[str] | None = None
 
 
 class Metric(ABC):
     """A saliency metric: ``metric(inputs) -> (B,)`` float32 scores on ``inputs.maps.device``.
 
     Subclasses set ``name`` (the CLI name), ``higher_is_better`` and ``needs`` (a subset of
-    ``{"mask", "model", "explainer"}``) and implement :meth:`compute`; ``__call__`` validates
+    ``{"mask", "model", "explainer", "logits", "weights"}``) and implement :meth:`compute`; ``__call__`` validates
     the inputs first, so ``compute`` may assume consistent shapes, dtypes and devices.
     """
 
@@ -90,7 +102,9 @@ def validate_inputs(inputs: MetricInputs, name: str, needs: frozenset[str]) -> N
     every provided tensor agrees on B (and H, W) with ``maps`` and lives on its device;
     ``masks`` is bool, ``targets`` is an integer (B,) tensor, ``images`` floating (B, 3, H, W).
     ``needs`` "mask" requires ``masks``; "model" requires ``images``, ``targets``, ``score_fn``;
-    "explainer" requires ``images``, ``targets``, ``explain_fn``.
+    "explainer" requires ``images``, ``targets``, ``explain_fn``; "logits" requires ``logits``
+    ((B, K) finite floating, K ≥ 2); "weights" requires ``images``, ``targets``, ``model`` (an
+    ``nn.Module``) and ``explain_with``.
     """
     unknown = set(needs) - NEEDS
     if unknown:
@@ -118,7 +132,7 @@ def validate_inputs(inputs: MetricInputs, name: str, needs: frozenset[str]) -> N
     missing: list[str] = []
     if "mask" in needs and inputs.masks is None:
         missing.append("masks (ground-truth (B, H, W) bool)")
-    if "model" in needs or "explainer" in needs:
+    if "model" in needs or "explainer" in needs or "weights" in needs:
         if inputs.images is None:
             missing.append("images ((B, 3, H, W) in [0, 1])")
         if inputs.targets is None:
@@ -127,6 +141,12 @@ def validate_inputs(inputs: MetricInputs, name: str, needs: frozenset[str]) -> N
         missing.append("score_fn (images01, targets) -> target probability")
     if "explainer" in needs and inputs.explain_fn is None:
         missing.append("explain_fn (images01, targets) -> maps")
+    if "logits" in needs and inputs.logits is None:
+        missing.append("logits ((B, K) the model's logits on the images)")
+    if "weights" in needs and inputs.model is None:
+        missing.append("model (the nn.Module explained)")
+    if "weights" in needs and inputs.explain_with is None:
+        missing.append("explain_with (module, images01, targets) -> maps")
     if missing:
         raise ValueError(f"metric {name!r} needs {', '.join(missing)}, which the inputs lack")
 
@@ -157,6 +177,24 @@ def validate_inputs(inputs: MetricInputs, name: str, needs: frozenset[str]) -> N
             raise TypeError(f"metric {name!r}: targets must be an integer tensor, got {t.dtype}")
         if t.device != dev:
             raise ValueError(f"metric {name!r}: targets on {t.device}, maps on {dev}")
+    if inputs.logits is not None:
+        lg = inputs.logits
+        if not isinstance(lg, Tensor) or lg.dim() != 2 or lg.shape[0] != b or lg.shape[1] < 2:
+            got = tuple(lg.shape) if isinstance(lg, Tensor) else type(lg).__name__
+            raise ValueError(f"metric {name!r}: logits must be (B, K) = ({b}, K >= 2), got {got}")
+        if not lg.is_floating_point() or not bool(torch.isfinite(lg).all()):
+            raise ValueError(f"metric {name!r}: logits must be finite floating point, got {lg.dtype}"
+                             + ("" if not lg.is_floating_point() else " with non-finite values"))
+        if lg.device != dev:
+            raise ValueError(f"metric {name!r}: logits on {lg.device}, maps on {dev}")
+        if inputs.targets is not None and inputs.targets.numel() and int(inputs.targets.max()) >= lg.shape[1]:
+            raise ValueError(f"metric {name!r}: target {int(inputs.targets.max())} out of range for {lg.shape[1]} logits")
+    if inputs.model is not None and not isinstance(inputs.model, nn.Module):
+        raise TypeError(f"metric {name!r}: model must be an nn.Module, got {type(inputs.model).__name__}")
+    for fn_name in ("score_fn", "explain_fn", "explain_with"):
+        fn = getattr(inputs, fn_name)
+        if fn is not None and not callable(fn):
+            raise TypeError(f"metric {name!r}: {fn_name} must be callable, got {type(fn).__name__}")
 
 
 def check_chunk_size(chunk_size: int, where: str) -> int:

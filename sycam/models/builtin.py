@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections import OrderedDict
@@ -39,14 +39,15 @@ import torch
 from torch import Tensor, nn
 
 from sycam.data.builtin import GENERATOR_VERSION, SHAPES, make_batch
-from sycam.models.bundle import ModelBundle
+from sycam.files import atomic_write
+from sycam.models.bundle import ModelBundle, Normalize
 
 __all__ = [
     "ARCH_VERSION",
     "BuiltinCNN",
     "BuiltinRecipe",
     "DEFAULT_RECIPE",
-    "Normalize",
+    "NORMALIZE",
     "builtin_cache_path",
     "evaluate_builtin",
     "load_builtin_model",
@@ -113,24 +114,6 @@ class BuiltinCNN(nn.Module):
 
 
 @dataclass(frozen=True)
-class Normalize:
-    """Per-channel affine normalisation ``(x − mean) / std`` on the device and dtype of ``x``.
-
-    The defaults are the benchmark's measured statistics (mean ≈ 0.50, std ≈ 0.25 per channel).
-    """
-
-    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-    std: tuple[float, ...] = (0.25, 0.25, 0.25)
-
-    def __call__(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != len(self.mean):
-            raise ValueError(f"Normalize: expected images (B, {len(self.mean)}, H, W), got {tuple(x.shape)}")
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        return (x - mean) / std
-
-
-@dataclass(frozen=True)
 class BuiltinRecipe:
     """Everything that determines the trained weights (the cache key hashes all of it).
 
@@ -174,7 +157,8 @@ class BuiltinRecipe:
 
 
 DEFAULT_RECIPE = BuiltinRecipe()
-_NORMALIZE = Normalize()
+#: the benchmark's measured statistics (mean ≈ 0.50, std ≈ 0.25 per channel)
+NORMALIZE = Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
 
 def recipe_key(recipe: BuiltinRecipe = DEFAULT_RECIPE) -> str:
@@ -186,7 +170,7 @@ def recipe_key(recipe: BuiltinRecipe = DEFAULT_RECIPE) -> str:
         "arch_version": ARCH_VERSION,
         "generator_version": GENERATOR_VERSION,
         "classes": list(SHAPES),
-        "normalize": asdict(_NORMALIZE),
+        "normalize": {"mean": NORMALIZE.mean, "std": NORMALIZE.std},
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -240,7 +224,7 @@ def evaluate_builtin(
     correct = 0
     for lo in range(0, n, batch_size):
         b = make_batch(split, range(lo, min(n, lo + batch_size)), size=size, seed=seed)
-        logits = model(_NORMALIZE(b.images.to(device)))
+        logits = model(NORMALIZE(b.images.to(device)))
         correct += int((logits.argmax(1).cpu() == b.labels).sum())
     model.train(was_training)
     return correct / n
@@ -276,7 +260,7 @@ def train_builtin(
         for lo in range(0, recipe.train_n, chunk):
             idx = range(recipe.train_offset + lo, recipe.train_offset + min(recipe.train_n, lo + chunk))
             b = make_batch("train", idx, size=recipe.size, seed=recipe.data_seed)
-            xs.append(_NORMALIZE(b.images).half())
+            xs.append(NORMALIZE(b.images).half())
             ys.append(b.labels)
             bar.update(len(b))
         bar.close()
@@ -335,20 +319,11 @@ def train_builtin(
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
-    """Write to a temporary file in the target folder, then rename: readers never see a torn file."""
+    """``torch.save`` ``obj`` to ``path`` atomically: readers never see a torn file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cache is fine to share read-only
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getvalue())
 
 
 @contextlib.contextmanager
@@ -394,7 +369,7 @@ def load_builtin_model(
 
     Loads the cached weights for ``recipe`` (see :func:`builtin_cache_path`), training and
     caching them first where absent (about a minute on two CPU cores, with a progress bar).
-    Bundle: ``normalize`` = :class:`Normalize` (mean 0.5, std 0.25), ``input_size`` (64, 64),
+    Bundle: ``normalize`` = :data:`NORMALIZE` (mean 0.5, std 0.25), ``input_size`` (64, 64),
     ``default_layer`` = ``"stage4"`` (last stage, 4×4), ``stage_layers`` = ``stage1..stage4``.
     """
     dev = torch.device(device) if device is not None else torch.device("cpu")
@@ -425,7 +400,7 @@ def load_builtin_model(
     model = model.to(dev).eval()
     return ModelBundle(
         module=model,
-        normalize=_NORMALIZE,
+        normalize=NORMALIZE,
         input_size=(recipe.size, recipe.size),
         num_classes=len(SHAPES),
         default_layer=model.stage_names[-1],

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from sycam import kernels as K
 from sycam.capture import Captures
-from sycam.compile import CompiledProgram, LayerResolver
+from sycam.compile import CompiledProgram, LayerResolver, eval_op
 from sycam.errors import ProgramRuntimeError, SycamError
 from sycam.lang import ast as A
 from sycam.lang.canon import canonical
@@ -115,23 +115,14 @@ class Enumerator:
 
     # -------------------------------------------------------------- evaluation on the probe
     def _eval(self, node: A.Expr, kids: list[Tensor]) -> Tensor:
+        """A production's template on its children's probe values: the placeholders are the
+        children, a terminal is the default layer's capture, and every operator is evaluated by
+        the compiler's :func:`~sycam.compile.eval_op`, as in a compiled program."""
         if isinstance(node, A.Var):
             return kids[int(node.name[1:])]
         if isinstance(node, A.Terminal):
             return getattr(self.probe, node.kind)[self.layer]
-        if isinstance(node, A.BinOp):
-            return K.broadcast(K.BINARY[node.op], self._eval(node.left, kids), self._eval(node.right, kids))  # type: ignore[return-value]
-        assert isinstance(node, A.Call)
-        x = self._eval(node.args[0], kids)
-        if node.fn in K.UNARY:
-            return K.UNARY[node.fn](x)
-        if node.fn.endswith("_hw"):
-            return K.reduce_hw(node.fn[:-3], x)
-        if node.fn.endswith("_c") and node.fn != "softmax_c":
-            return K.reduce_c(node.fn[:-2], x)
-        if node.fn == "softmax_c":
-            return K.softmax_c(x)
-        raise SycamError(f"the enumerator cannot evaluate {node.fn}")  # pragma: no cover
+        return eval_op(node, lambda a: self._eval(a, kids), _constant)  # type: ignore[arg-type, return-value]
 
     # -------------------------------------------------------------- enumeration
     def _combos(self, prod: Production, size: int):
@@ -234,6 +225,12 @@ class Enumerator:
                             out.append(deriv)
         self.stats.seconds = time.perf_counter() - start
         return out
+
+
+def _constant(node: A.Num | A.Param) -> float:
+    if isinstance(node, A.Num):
+        return node.value
+    raise SycamError(f"the enumerator cannot evaluate ?{node.name}: its productions have no parameters")  # pragma: no cover
 
 
 def _compositions(total: int, parts: int):

@@ -8,8 +8,8 @@ from __future__ import annotations
 from sycam.search.hall import fmt, fmt_ci
 from sycam.search.sanity import CHECKS
 
-#: column heads: the MPRT Spearman (randomised model) and the other-class Spearman
-LABELS = {"randomisation": "rand", "class_sensitivity": "class"}
+#: column heads: |Spearman| with the head re-initialised (MPRT's first step), Spearman with a random other class
+LABELS = {"randomisation_top": "rand", "class_sensitivity": "class"}
 
 
 def _sanity_cells(r: dict) -> str:

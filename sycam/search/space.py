@@ -2,7 +2,9 @@
 
 Each production builds a piece of AST from typed children. Types are those of the language at
 the current layer: ``T`` Tensor, ``C`` Channels, ``M`` Map, ``S`` Scalar; ``P`` is a whole
-program body. Multi-layer productions lift a Map (and a Scalar layer importance) over a layer
+program body. The operators' productions come from the table of operators
+(:data:`sycam.lang.ops.TABLE`, each row's ``search`` forms); the terminals ``A``, ``G`` and the
+whole-program templates are this module's. Multi-layer productions lift a Map (and a Scalar layer importance) over a layer
 selection, as Winsor-CAM and layer averaging do. A program built from productions carries its
 derivation, so it can be replayed as Optuna parameters (for seeding a study).
 """
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Callable, Sequence
 
 from sycam.lang import ast as A
+from sycam.lang.ops import TABLE, apply_node
 
 T, C, M, S, P = "T", "C", "M", "S", "P"
 SELECTIONS = ("convs", "stages")
@@ -75,36 +78,30 @@ def _each(body: A.Expr) -> A.Each:
     return A.Each(_SEL, body)
 
 
-PRODUCTIONS: list[Production] = [
-    # Tensor
-    Production("A", T, (), A.Terminal("A")),
-    Production("G", T, (), A.Terminal("G")),
-    Production("relu_T", T, (T,), _call("relu", _v(0))),
-    Production("abs_T", T, (T,), _call("abs", _v(0))),
-    Production("sq_T", T, (T,), _call("sq", _v(0))),
-    Production("mul_TT", T, (T, T), A.BinOp("*", _v(0), _v(1))),
-    Production("add_TT", T, (T, T), A.BinOp("+", _v(0), _v(1))),
-    Production("mul_CT", T, (C, T), A.BinOp("*", _v(0), _v(1))),
-    # Channels
-    Production("mean_hw", C, (T,), _call("mean_hw", _v(0))),
-    Production("max_hw", C, (T,), _call("max_hw", _v(0))),
-    Production("relu_C", C, (C,), _call("relu", _v(0))),
-    Production("sq_C", C, (C,), _call("sq", _v(0))),
-    Production("softmax_C", C, (C,), _call("softmax_c", _v(0))),
-    Production("mul_CC", C, (C, C), A.BinOp("*", _v(0), _v(1))),
-    Production("div_CC", C, (C, C), A.BinOp("/", _v(0), _v(1))),
-    # Map
-    Production("sum_c", M, (T,), _call("sum_c", _v(0))),
-    Production("mean_c", M, (T,), _call("mean_c", _v(0))),
-    Production("max_c", M, (T,), _call("max_c", _v(0))),
-    Production("relu_M", M, (M,), _call("relu", _v(0))),
-    Production("sq_M", M, (M,), _call("sq", _v(0))),
-    Production("mul_MM", M, (M, M), A.BinOp("*", _v(0), _v(1))),
-    Production("add_MM", M, (M, M), A.BinOp("+", _v(0), _v(1))),
-    # Scalar (a layer's importance)
-    Production("mean_c_S", S, (C,), _call("mean_c", _v(0))),
-    Production("max_c_S", S, (C,), _call("max_c", _v(0))),
-    # whole programs
+def _rank(p: Production) -> tuple[int, int]:
+    """Where an operator's production stands among those of its type: unary before binary; a
+    unary operator reaching the type from another (a reduction, ``mean_hw``) before one within it
+    (``relu_C``); a binary one on operands of the type (``mul_TT``) before a broadcasting one
+    (``mul_CT``). Ties keep the table's order. (The order is the enumerator's and the sampler's
+    order of choices: Optuna studies record it.)"""
+    same = all(k == p.type for k in p.children)
+    return (len(p.children), int(same) if len(p.children) == 1 else int(not same))
+
+
+def operator_productions() -> list[Production]:
+    """The productions the operator table declares (:attr:`sycam.lang.ops.OpSpec.search`)."""
+    out: list[Production] = []
+    for spec in TABLE.values():
+        for form in spec.search:
+            if spec.const_args:
+                raise ValueError(f"operator {spec.name} has constant arguments: the search cannot produce it")
+            template = apply_node(spec, tuple(_v(i) for i in range(len(form.args))))
+            out.append(Production(spec.production(form), form.result, form.args, template))
+    return sorted(out, key=_rank)
+
+
+_TERMINALS = [Production("A", T, (), A.Terminal("A")), Production("G", T, (), A.Terminal("G"))]
+_PROGRAMS = [
     Production("single", P, (M,), _v(0)),
     Production("layers_mean", P, (M,), A.Fuse(_each(_call("norm", _v(0))), None, "mean"), True),
     Production("layers_max", P, (M,), A.Fuse(_each(_call("norm", _v(0))), None, "max"), True),
@@ -113,6 +110,8 @@ PRODUCTIONS: list[Production] = [
         _call("rescale", _call("winsorize", _each(_call("relu", _v(1))), WINSOR_P), A.Num(0.1), A.Num(1.0)),
         "sum"), True),
 ]
+#: terminals, the operators' productions (by type, in :func:`_rank` order), then whole programs
+PRODUCTIONS: list[Production] = _TERMINALS + operator_productions() + _PROGRAMS
 
 BY_NAME = {p.name: p for p in PRODUCTIONS}
 BY_TYPE: dict[str, list[Production]] = {}

@@ -25,19 +25,21 @@ from tqdm.auto import tqdm
 
 from sycam.cache import STATS
 from sycam.workbench import Workbench, mean_score, merge_requests, score_streaming
-from sycam.capture import CaptureRequest, Captures
+from sycam.capture import CaptureRequest
 from sycam.compile import CompiledProgram
 from sycam.errors import ProgramRuntimeError, SycamError
+from sycam.files import check_writable
 from sycam.lang import ast as A
-from sycam.lang.canon import canonical_hash, canonical_text
+from sycam.lang.canon import canonical_hash
 from sycam.lang.parse import grammar_hash, parse
 from sycam.lang.pretty import fmt_number, pretty
+from sycam.lang.simplify import simplified_text, simplify
 from sycam.search.enumerate import Enumerator, map_key
 from sycam.search.hall import (MIN_VAL_IMAGES, Row, distinct_structures, fmt, interval, nan_last, paired_difference,
                                pareto_front)
 from sycam.search.report import format_front, format_hall  # noqa: F401  (re-exported)
 from sycam.search.claims import Claims
-from sycam.search.sanity import CHECKS, SanityBench, failures
+from sycam.search.sanity import CHECKS, SanityBench, failures, thresholds
 from sycam.search.space import Derivation, derive
 from sycam.search.study import Candidate, Objective, completed, enqueue, open_storage, open_study, record
 
@@ -93,17 +95,6 @@ class SynthConfig:
         return Path(self.out or os.path.join("sycam-out", self.study_name))
 
 
-def check_out_dir(path: Path) -> None:
-    """Fail before any work when the output folder cannot be written."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".sycam-write-test-{os.getpid()}"
-        probe.write_bytes(b"x" * 4096)
-        probe.unlink()
-    except OSError as err:
-        raise SycamError(f"cannot write to the output folder {path}: {err.strerror or err}") from None
-
-
 def _device(name: str | None) -> torch.device:
     if name:
         return torch.device(name)
@@ -124,12 +115,6 @@ def _search_request(bench_resolver, score: A.ScoreSpec, selections: tuple[str, .
     convs = bench_resolver.convs if "convs" in selections else []
     layers = list(dict.fromkeys(convs + bench_resolver.stages + [bench_resolver.default]))
     return CaptureRequest(layers=tuple(layers), grad_layers=frozenset(layers), score=score)
-
-
-def _probe(caps: Captures, n: int) -> Captures:
-    cut = lambda d: {k: v[:n] for k, v in d.items()}  # noqa: E731
-    return Captures(A=cut(caps.A), G=cut(caps.G), S=cut(caps.S), D=cut(caps.D), Y=caps.Y[:n], logits=caps.logits[:n],
-                    input_size=caps.input_size)
 
 
 class Journal:
@@ -164,17 +149,15 @@ class Journal:
 
 
 def _simplified(program: str) -> str:
-    """The canonical form as text where it reads better than the program (TPE samples ``A + A``:
-    ``2*A``): not for multi-layer programs (sympy spells each/fuse in its internal notation and
-    drops parameter defaults), not when longer, not for a mere reordering of operands."""
+    """What the hall of fame shows beside a program: its simplified form (:mod:`sycam.lang.simplify`),
+    written as sympy's canonical form in sycam's syntax where that is shorter, multi-layer programs
+    included; "" where the program is already as short as it gets."""
     try:
-        text = canonical_text(parse(program))
-    except Exception:  # display only: a form sympy cannot render is simply not shown
+        given = parse(program)
+        simple = simplify(given)
+        return simplified_text(simple) or (pretty(simple) if simple != given else "")
+    except Exception:  # display only: a form that cannot be rendered is simply not shown
         return ""
-    compact, given = text.replace(" ", ""), program.replace(" ", "")
-    if "#" in text or "?" in text or len(compact) > len(given) or sorted(compact) == sorted(given):
-        return ""
-    return text
 
 
 class Synthesis:
@@ -190,7 +173,7 @@ class Synthesis:
         self.cfg = cfg
         self.metrics = [get_metric(m) for m in cfg.metrics]
         self.out = cfg.out_dir
-        check_out_dir(self.out)
+        check_writable(self.out)  # before any work
         torch.manual_seed(cfg.seed)
         self.device = _device(cfg.device)
         self.bundle = load_model(cfg.model, cfg.weights, device=self.device)
@@ -227,15 +210,15 @@ class Synthesis:
         self.selections = search_selections(resolver)
         self.widen = _search_request(resolver, A.ScoreSpec(), self.selections)  # a later run's hall may use any of it
         train = self.bench("train", self.widen).load()
-        probe = _probe(train.batches[0].caps, 16)
+        probe = train.batches[0].caps.take(slice(0, 16))
         constraints = None
         if cfg.sanity == "require":  # Optuna's sampler learns to avoid programs that fail a sanity check
             sanity = self.sanity_bench("train", train.request)
-            thresholds = _thresholds()
+            limit = thresholds()
 
-            def constraints(cand: Candidate) -> dict[str, float]:
+            def constraints(cand: Candidate) -> dict[str, float]:  # <= 0 feasible; undefined fails
                 values = sanity.values(train.compile(cand.program), cand.params)
-                return {c: (-1.0 if math.isnan(values[c]) else values[c] - thresholds[c]) for c in CHECKS}
+                return {c: (1.0 if math.isnan(values[c]) else values[c] - limit[c]) for c in CHECKS}
         self.search_t0 = time.perf_counter()  # the budget counts search time, not model loading or captures
 
         # 1. the enumerator's programs, scored directly on the cached captures (no per-candidate
@@ -382,14 +365,21 @@ class Synthesis:
 
     # ------------------------------------------------------------------ selection and outputs
     def _rows_from_trials(self, trials) -> list[Row]:
-        rows = []
+        """Hall-of-fame rows, each program simplified (no ``x / x`` or ``x + x`` is ever printed or
+        written to a ``.cam`` file); trials that simplify to the same program are one row (the first:
+        trials come best first)."""
+        rows, seen = [], set()
         for t in trials:
             params = {k[len("param:"):]: v for k, v in t.params.items() if k.startswith("param:")}
             source = t.user_attrs.get("source", t.system_attrs.get("fixed_params") and "queued" or "optuna")
-            program = t.user_attrs["program"]
+            simple = simplify(parse(t.user_attrs["program"]))
+            program = pretty(simple)
+            if program in seen:
+                continue
+            seen.add(program)
             if params:  # show (and later write) the tuned values as the parameters' defaults
-                program = pretty(_with_defaults(parse(program), params))
-            rows.append(Row(name=f"trial{t.number}", program=program, size=int(t.user_attrs["size"]),
+                program = pretty(_with_defaults(simple, params))
+            rows.append(Row(name=f"trial{t.number}", program=program, size=A.size(simple.body),
                             source=str(source), params=params,
                             train={m.name: v for m, v in zip(self.metrics, t.values)},
                             simplified=_simplified(program), structure=str(t.user_attrs.get("canon", ""))))
@@ -491,7 +481,7 @@ class Synthesis:
                                                     seed=cfg.seed)
                 comparisons[label] = {"reference": ref.name, "difference": mean, "ci": [lo, hi], "images": n}
         self._write_outputs(hall, ref_rows, self.bench("test", request))
-        return {"metric": primary.name, "sanity": cfg.sanity, "thresholds": _thresholds() if cfg.sanity != "off" else {},
+        return {"metric": primary.name, "sanity": cfg.sanity, "thresholds": thresholds() if cfg.sanity != "off" else {},
                 "best": asdict(best), "best_reference": asdict(best_ref) if best_ref else None,
                 "comparisons": comparisons, "warnings": warnings, "no_worse_than": cfg.no_worse_than,
                 "hall_of_fame": [asdict(r) for r in hall], "references": [asdict(r) for r in ref_rows],
@@ -628,11 +618,5 @@ def _with_defaults(program: A.Program, params: dict[str, float]) -> A.Program:
         text = re.sub(r"\?" + re.escape(name) + r"(:\[[^\]]*\])?(=[-0-9.e+]+)?",
                       lambda m: f"?{name}{m.group(1) or ''}={fmt_number(round(value, 4))}", text)
     return parse(text)
-
-
-def _thresholds() -> dict[str, float]:
-    from sycam.metrics.sanity import THRESHOLDS
-
-    return {c: THRESHOLDS[c] for c in CHECKS}
 
 
