@@ -133,7 +133,10 @@ class Journal:
                     continue
                 if row.get("metrics") == self.names:
                     self.values[row["program"]] = tuple(float(v) for v in row["values"])
+        torn = path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
         self._file = open(path, "a", encoding="utf-8")
+        if torn:  # a kill cut the last line: the next one starts on a line of its own
+            self._file.write("\n")
 
     def get(self, program: str) -> tuple[float, ...] | None:
         return self.values.get(program)
