@@ -41,7 +41,8 @@ from sycam.search.report import format_front, format_hall  # noqa: F401  (re-exp
 from sycam.search.claims import Claims
 from sycam.search.sanity import CHECKS, SanityBench, failures, thresholds
 from sycam.search.space import Derivation, derive
-from sycam.search.study import Candidate, Objective, completed, enqueue, open_storage, open_study, record
+from sycam.search.study import (Candidate, Objective, completed, enqueue, mask_password, open_storage, open_study,
+                                record)
 
 NO_WORSE_SUITE = ("iou", "energy_pg", "pointing_game", "deletion", "insertion")
 REFERENCES = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "layeravg", "winsorcam")
@@ -592,8 +593,9 @@ class Synthesis:
         from sycam import __version__
 
         manifest = {
-            "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-            "config": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in asdict(self.cfg).items()},
+            "command": mask_password(" ".join([Path(sys.argv[0]).name] + sys.argv[1:])),  # never write a password
+            "config": {k: (list(v) if isinstance(v, (list, tuple)) else mask_password(v) if k == "storage" and v else v)
+                       for k, v in asdict(self.cfg).items()},
             "study": self.cfg.study_name,
             "storage": re.sub(r"//[^@/]*@", "//***@", storage_url),  # never write a password
             "grammar_hash": grammar_hash(),

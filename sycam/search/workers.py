@@ -71,12 +71,13 @@ def run_workers(cfg) -> dict:
     from sycam.metrics import get_metric
     from sycam.search.claims import Claims
     from sycam.search.study import open_storage, open_study
-    from sycam.search.synthesize import Synthesis, check_out_dir
+    from sycam.files import check_writable
+    from sycam.search.synthesize import Synthesis
 
     t0 = time.perf_counter()
     n = cfg.workers
     out = cfg.out_dir
-    check_out_dir(out)
+    check_writable(out)
     storage_url = cfg.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     directions = ["maximize" if get_metric(m).higher_is_better else "minimize" for m in cfg.metrics]
     storage = open_storage(storage_url)
