@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import re
+import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -349,6 +350,7 @@ class Synthesis:
             return {"worker": [share, shares], "history": self.history, "started": time.time() - (time.perf_counter() - self.t0),
                     "stats": {"enumeration": enum_stats, **stats, "search_seconds": round(search_seconds, 2),
                               "waited_for_other_workers": round(claims.waited, 2) if claims else 0.0,
+                              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                               "total_seconds": round(time.perf_counter() - self.t0, 2),
                               "captures": STATS.since(self.captures_mark)}}
 
@@ -357,7 +359,8 @@ class Synthesis:
         result["stats"] = {"enumeration": enum_stats, **stats, "trials": len(study.trials),
                            "completed": len(completed(study)), "search_seconds": round(search_seconds, 2),
                            "total_seconds": round(time.perf_counter() - self.t0, 2),
-                           "captures": STATS.since(self.captures_mark)}
+                           "captures": STATS.since(self.captures_mark),
+                           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
         (self.out / "summary.json").write_text(json.dumps(result, indent=2, default=str))
         return result
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import resource
 import sys
 import time
 import traceback
@@ -176,8 +177,9 @@ def report(synth, workers: list[dict], search_seconds: float, restarts: dict[int
                        "trials": len(study.trials), "completed": len(completed(study)),
                        "search_seconds": round(search_seconds, 2), "total_seconds": round(time.perf_counter() - started, 2),
                        "captures": captures, "workers": len(workers), "restarts": sum(restarts.values()),
-                       "per_worker": [{"worker": w["worker"], **{k: w["stats"][k] for k in keys + ("search_seconds",)}}
-                                      for w in workers]}
+                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                       "per_worker": [{"worker": w["worker"], **{k: w["stats"][k] for k in keys + (
+                           "search_seconds", "waited_for_other_workers", "peak_rss_mb")}} for w in workers]}
     (synth.out / "summary.json").write_text(json.dumps(result, indent=2, default=str))
     return result
 
