@@ -369,3 +369,23 @@ def test_a_second_synthesis_on_the_same_model_and_data_reads_its_captures(monkey
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["stats"]["captures"]["hits"] == c2["hits"]
     line = captures_line(c2)
     assert line.startswith(f"captures: {c2['seconds']:.1f} s for {c2['batches']} batches; {c2['hits']} from the cache")
+
+
+def test_a_second_evaluation_reads_its_captures(monkeypatch, tmp_path):
+    """`sycam evaluate` again with other metrics on the same model and data: every batch from the
+    cache, the same values, under 10% of the first run's capture time (the built-in CNN)."""
+    from sycam.evaluation import evaluate
+    from sycam.models import load_model
+
+    monkeypatch.setenv("SYCAM_CACHE", "on")
+    monkeypatch.setenv("SYCAM_CACHE_DIR", str(tmp_path / "cache"))
+    bundle = load_model("builtin", device="cpu")
+    ds = open_dataset("builtin", split="test", limit=256)
+    methods = ["gradcam", "layercam", "winsorcam", "layeravg"]
+    first, d1 = delta(lambda: evaluate(bundle, ds, methods, ["iou", "energy_pg"], batch_size=32, progress=False, figures=False))
+    second, d2 = delta(lambda: evaluate(bundle, ds, methods, ["energy_pg", "pointing_game"], batch_size=32, progress=False,
+                                        figures=False))
+    assert (d1["misses"], d2["hits"], d2["misses"], d2["partial"]) == (8, 8, 0, 0)
+    for m in methods:
+        assert np.array_equal(first.values[m]["energy_pg"], second.values[m]["energy_pg"], equal_nan=True)
+    assert second.capture_seconds <= 0.1 * first.capture_seconds, (first.capture_seconds, second.capture_seconds)
