@@ -165,7 +165,8 @@ class Workbench:
                             "split": getattr(self.dataset, "split", ""), "images": len(batch),
                             "first_id": batch.ids[0] if batch.ids else "", "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
                 targets, caps = cache.capture(self.bundle.module, mkey, inputs, self._target_key(batch),
-                                              lambda: self._targets(inputs, batch), self.request, self.widen, describe)
+                                              lambda x=inputs, b=batch: self._targets(x, b), self.request, self.widen,
+                                              describe)
             dt = time.perf_counter() - t0 + overhead
             overhead = 0.0
             self.capture_seconds += dt

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from sycam.cache import STATS, CaptureCache, default_cache
-from sycam.capture import CaptureRequest, capture
+from sycam.capture import CaptureRequest
 from sycam.data import open_dataset
 from sycam.lang.ast import ScoreSpec
 from sycam.workbench import Workbench

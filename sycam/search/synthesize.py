@@ -13,7 +13,6 @@ import math
 import os
 import platform
 import re
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -350,7 +349,7 @@ class Synthesis:
             return {"worker": [share, shares], "history": self.history, "started": time.time() - (time.perf_counter() - self.t0),
                     "stats": {"enumeration": enum_stats, **stats, "search_seconds": round(search_seconds, 2),
                               "waited_for_other_workers": round(claims.waited, 2) if claims else 0.0,
-                              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                              "peak_rss_mb": peak_rss_mb(),
                               "total_seconds": round(time.perf_counter() - self.t0, 2),
                               "captures": STATS.since(self.captures_mark)}}
 
@@ -360,7 +359,7 @@ class Synthesis:
                            "completed": len(completed(study)), "search_seconds": round(search_seconds, 2),
                            "total_seconds": round(time.perf_counter() - self.t0, 2),
                            "captures": STATS.since(self.captures_mark),
-                           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+                           "peak_rss_mb": peak_rss_mb()}
         (self.out / "summary.json").write_text(json.dumps(result, indent=2, default=str))
         return result
 
@@ -611,6 +610,15 @@ class Synthesis:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         (self.out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory in MiB (None where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
 def _selections_of(deriv: Derivation) -> set[str]:

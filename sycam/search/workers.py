@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import resource
 import sys
 import time
 import traceback
@@ -154,7 +153,7 @@ def report(synth, workers: list[dict], search_seconds: float, restarts: dict[int
     from sycam.capture import CaptureRequest
     from sycam.lang import ast as A
     from sycam.search.study import completed, open_storage, open_study
-    from sycam.search.synthesize import _search_request, search_selections
+    from sycam.search.synthesize import _search_request, peak_rss_mb, search_selections
     from sycam.workbench import Workbench
 
     cfg = synth.cfg
@@ -177,7 +176,7 @@ def report(synth, workers: list[dict], search_seconds: float, restarts: dict[int
                        "trials": len(study.trials), "completed": len(completed(study)),
                        "search_seconds": round(search_seconds, 2), "total_seconds": round(time.perf_counter() - started, 2),
                        "captures": captures, "workers": len(workers), "restarts": sum(restarts.values()),
-                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                       "peak_rss_mb": peak_rss_mb(),
                        "per_worker": [{"worker": w["worker"], **{k: w["stats"][k] for k in keys + (
                            "search_seconds", "waited_for_other_workers", "peak_rss_mb")}} for w in workers]}
     (synth.out / "summary.json").write_text(json.dumps(result, indent=2, default=str))

@@ -1,40 +1,4 @@
-"""Captures cached on disk: a second run on the same model and data skips its forward/backward passes.
-
-A :class:`~sycam.workbench.Workbench` asks :meth:`CaptureCache.capture` for each batch. The batch's
-**entry** is keyed by (sha256 throughout)
-
-- the model: every tensor of its state dict (name, dtype, shape, bytes) and every module's name,
-  class and ``extra_repr()`` (strides, paddings, ... that the weights do not show) — the weights'
-  content, not a file name, so retraining or editing a weight in place is a new entry;
-- the model inputs: the bytes of the normalised batch. This covers the data (a changed pixel of an
-  image file is a new entry; touching a file without changing it is not), its order, the resize
-  and the bundle's ``normalize``;
-- the targets: the target mode (``label``/``pred``/``imagenet``), the labels, the dataset's label
-  space and the model's class count (``pred`` targets are stored, so a hit needs no extra forward);
-- the device type, the cache format and torch's version.
-
-Inside an entry every value is its own file (a **piece**): ``A`` of a layer, ``G``/``S``/``D`` of a
-layer under a score (logit, prob, finer(k, alpha)), ``Y`` and the logits. A request is served from
-whatever pieces exist; only the missing ones are captured (with a request restricted to them), so a
-later program on other layers, or Score-CAM's ``S`` on top of ``A``/``G``, adds pieces to the entry.
-``widen`` (what a synthesis searches over) is captured with the first miss, so that a later run
-whose hall of fame uses other layers still hits.
-
-The pieces of one capture are written as one pack: raw array bytes and a JSON index (dtype,
-shape, offset), nothing a reader could execute. Data then index are renamed into place, so
-concurrent workers and a kill mid-write leave no torn piece; a hit maps the data copy-on-write
-(pages come from the page cache as the programs read them, no copy). ``SYCAM_CACHE_DTYPE=float16`` stores ``A`` and ``G`` as float16 with a power-of-two scale per
-piece (the largest magnitude maps into [2^13, 2^14]): relative rounding error at most 2^-11 ≈ 4.9e-4
-per value, values below 2^-38 of the piece's largest become zero. The values returned on a miss are
-the stored (rounded) ones, so a cold and a warm run give identical results either way; the default
-is float32 (exact, see README "Cache" for the measured effect of float16 on scores).
-
-Environment: ``SYCAM_CACHE`` (``on``/``off``, default on), ``SYCAM_CACHE_DIR`` (default
-``$SYCAM_HOME/captures``), ``SYCAM_CACHE_MAX_GB`` (default 10; least recently used entries are
-deleted beyond it, an entry's use time is its folder's mtime, set on every hit),
-``SYCAM_CACHE_DTYPE`` (``float32``/``float16``). Failing writes (disk full, read-only folder) turn
-the cache off for the process with one warning; a run never fails because of its cache.
-"""
+"""The capture cache itself: keys, the one entry point, eviction (see :mod:`sycam.cache`)."""
 from __future__ import annotations
 
 import hashlib
@@ -53,11 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sycam.cache.pack import FORMAT, Entry, Unusable, ldexp, touch
 from sycam.capture import CaptureRequest, Captures, capture
 from sycam.errors import SycamError
 from sycam.lang.ast import ScoreSpec
 
-FORMAT = 1
 DEFAULT_MAX_GB = 10.0
 _ENTRY = re.compile(r"[0-9a-f]{64}")
 _F16_TOP = 14  # float16 pieces: the largest magnitude is scaled into (2^13, 2^14]
@@ -146,10 +110,6 @@ def _missing_request(req: CaptureRequest, present: set[str]) -> CaptureRequest:
                           ablation_layers=frozenset(ab), score=s)
 
 
-class _Unusable(Exception):
-    """A piece vanished (evicted by another process) or is damaged: capture instead."""
-
-
 class CaptureCache:
     """A folder of capture entries with a size limit (see the module docstring)."""
 
@@ -182,7 +142,7 @@ class CaptureCache:
                 targets_fn: Callable[[], Tensor], request: CaptureRequest, widen: CaptureRequest | None = None,
                 describe: dict | None = None) -> tuple[Tensor, Captures]:
         """``(targets, captures)`` of one batch for ``request``, from the cache where possible."""
-        entry = _Entry(self.root / self.batch_key(model, inputs, target_key))
+        entry = Entry(self.root / self.batch_key(model, inputs, target_key))
         want = _pieces(request)
         targets = None
         if "targets" in entry.index and all(stem in entry.index for stem in want):
@@ -190,14 +150,15 @@ class CaptureCache:
                 targets = entry.read("targets").to(inputs.device)
                 caps = self._assemble(entry, request, {}, inputs)
                 STATS.hits += 1
-                _touch(entry.path)
+                STATS.bytes_read += entry.bytes_read
+                touch(entry.path)
                 return targets, caps
-            except _Unusable:
+            except Unusable:
                 entry.index = {}
         if "targets" in entry.index:
             try:
                 targets = entry.read("targets").to(inputs.device)
-            except _Unusable:
+            except Unusable:
                 entry.index = {}
         if targets is None:
             targets = targets_fn()
@@ -210,8 +171,10 @@ class CaptureCache:
         STATS.partial += bool(entry.index)
         new = self._store(entry, targets, fresh, todo, describe)
         try:
-            return targets, self._assemble(entry, request, new, inputs)
-        except _Unusable:  # what was there before vanished meanwhile: capture all of it
+            caps = self._assemble(entry, request, new, inputs)
+            STATS.bytes_read += entry.bytes_read
+            return targets, caps
+        except Unusable:  # what was there before vanished meanwhile: capture all of it
             return targets, capture(module, inputs, targets, request)
 
     # ------------------------------------------------------------------ pieces
@@ -222,10 +185,10 @@ class CaptureCache:
             top = float(arr.abs().max())
             if math.isfinite(top) and top > 0:
                 e = math.ceil(math.log2(top)) - _F16_TOP
-                return _ldexp(arr, -e).to(torch.float16).numpy(), e
+                return ldexp(arr, -e).to(torch.float16).numpy(), e
         return arr.contiguous().numpy(), None
 
-    def _store(self, entry: "_Entry", targets: Tensor, caps: Captures, req: CaptureRequest,
+    def _store(self, entry: Entry, targets: Tensor, caps: Captures, req: CaptureRequest,
                describe: dict | None) -> dict[str, Tensor]:
         """Write the new pieces of ``caps`` as one pack; return them as a later read would (rounded if float16)."""
         s = req.score
@@ -238,7 +201,7 @@ class CaptureCache:
         pack: dict[str, tuple[np.ndarray, int | None]] = {}
         for stem, (kind, t) in values.items():
             arr, e = self._encode(kind, t)
-            out[stem] = t if e is None else _ldexp(torch.from_numpy(arr), e).to(t.device)
+            out[stem] = t if e is None else ldexp(torch.from_numpy(arr), e).to(t.device)
             if stem not in entry.index:
                 pack[stem] = (arr, e)
         if pack and not self.disabled:
@@ -262,7 +225,7 @@ class CaptureCache:
         if self._total > self.max_bytes or time.monotonic() - self._scanned > 30:
             self.evict(keep=entry)
 
-    def _assemble(self, entry: "_Entry", req: CaptureRequest, new: dict[str, Tensor], inputs: Tensor) -> Captures:
+    def _assemble(self, entry: Entry, req: CaptureRequest, new: dict[str, Tensor], inputs: Tensor) -> Captures:
         def get(stem: str) -> Tensor:
             if stem in new:
                 return new[stem].to(inputs.device)
@@ -314,13 +277,13 @@ class CaptureCache:
     def info(self) -> dict:
         entries = self.entries()
         metas = []
-        for path, used, size in entries:
+        for path, _, _ in entries:
             try:
                 metas.append(json.loads((path / "meta.json").read_text()))
             except (OSError, ValueError):
                 metas.append({})
         groups: dict[str, dict] = {}
-        for (path, used, size), meta in zip(entries, metas):
+        for (_, _, size), meta in zip(entries, metas, strict=True):
             g = groups.setdefault(f"{meta.get('model', '?')} on {meta.get('data', '?')}", {"entries": 0, "bytes": 0, "images": 0})
             g["entries"] += 1
             g["bytes"] += size
@@ -354,93 +317,6 @@ def _merge(a: CaptureRequest, b: CaptureRequest) -> CaptureRequest:
     return CaptureRequest(layers=a.layers + tuple(n for n in b.layers if n not in a.layers),
                           grad_layers=a.grad_layers | b.grad_layers, score_cam_layers=a.score_cam_layers | b.score_cam_layers,
                           ablation_layers=a.ablation_layers | b.ablation_layers, score=a.score)
-
-
-def _ldexp(t: Tensor, e: int) -> Tensor:
-    """``t * 2**e``, exact (a power of two only moves the exponent)."""
-    return torch.ldexp(t.float(), torch.tensor(e, dtype=torch.int32))
-
-
-class _Entry:
-    """One batch's folder: packs of pieces, each a raw ``<id>.bin`` (arrays back to back, 64-byte
-    aligned) and its ``<id>.json`` index (dtype, shape, offset, float16 exponent per piece). A pack
-    exists once its index is renamed into place, after its data; reads map the data copy-on-write,
-    so pages come from the page cache when first touched and a program's writes stay private."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.index: dict[str, tuple[str, dict]] = {}  # stem -> (pack id, piece metadata)
-        self._maps: dict[str, np.ndarray] = {}
-        try:
-            names = [n for n in os.listdir(path) if n.endswith(".json") and n.startswith("p-")]
-        except OSError:
-            return
-        for name in sorted(names):
-            try:
-                meta = json.loads((path / name).read_text())
-                pieces = meta["pieces"] if meta.get("format") == FORMAT else {}
-            except (OSError, ValueError, KeyError, TypeError):  # a damaged index: its pieces are recaptured
-                continue
-            for stem, piece in pieces.items():
-                self.index.setdefault(stem, (name[:-5], piece))
-
-    def read(self, stem: str) -> Tensor:
-        if stem not in self.index:
-            raise _Unusable(stem)
-        pack, piece = self.index[stem]
-        try:
-            if pack not in self._maps:
-                self._maps[pack] = np.memmap(self.path / f"{pack}.bin", dtype=np.uint8, mode="c")
-            data = self._maps[pack]
-            dtype = np.dtype(piece["dtype"])
-            shape = tuple(int(d) for d in piece["shape"])
-            offset = int(piece["offset"])
-            count = int(np.prod(shape, dtype=np.int64))
-            if dtype.hasobject or dtype.kind not in "fiub" or offset < 0 or offset + count * dtype.itemsize > data.size:
-                raise ValueError(f"piece {stem} of {pack} does not fit its data")
-            arr = data[offset:offset + count * dtype.itemsize].view(dtype).reshape(shape)
-        except (OSError, ValueError, KeyError, TypeError) as err:  # evicted meanwhile, or damaged
-            raise _Unusable(str(err)) from None
-        STATS.bytes_read += arr.nbytes
-        t = torch.from_numpy(arr)
-        return t if piece.get("exp") is None else _ldexp(t, int(piece["exp"]))
-
-    def write(self, pieces: dict[str, tuple[np.ndarray, int | None]], describe: dict | None) -> int:
-        """Write one pack; returns its bytes."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        if describe is not None and not (self.path / "meta.json").exists():
-            _atomic(self.path, "meta.json", json.dumps(describe, default=str).encode())
-        pack = f"p-{os.getpid()}-{os.urandom(6).hex()}"
-        index: dict[str, dict] = {}
-        tmp = self.path / f".tmp-{pack}.bin"
-        offset = 0
-        with open(tmp, "wb") as f:
-            for stem, (arr, e) in pieces.items():
-                pad = -offset % 64
-                f.write(b"\0" * pad)
-                offset += pad
-                index[stem] = {"dtype": arr.dtype.str, "shape": list(arr.shape), "offset": offset, "exp": e}
-                data = np.ascontiguousarray(arr).view(np.uint8).reshape(-1)
-                f.write(memoryview(data))
-                offset += data.size
-        os.replace(tmp, self.path / f"{pack}.bin")
-        _atomic(self.path, f"{pack}.json", json.dumps({"format": FORMAT, "pieces": index}).encode())
-        for stem, piece in index.items():
-            self.index.setdefault(stem, (pack, piece))
-        return offset
-
-
-def _touch(entry: Path) -> None:
-    try:
-        os.utime(entry)
-    except OSError:
-        pass
-
-
-def _atomic(folder: Path, name: str, data: bytes) -> None:
-    tmp = folder / f".tmp-{os.getpid()}-{name}"
-    tmp.write_bytes(data)
-    os.replace(tmp, folder / name)
 
 
 def _env_gb() -> float:
