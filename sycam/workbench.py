@@ -3,7 +3,8 @@
 This is sycam's key property: forward/backward passes are paid once per batch, layer set and
 target, never once per candidate. A :class:`Workbench` captures every batch once (for the union of
 what the programs it will score need) and then scores any number of compiled programs with any
-metric on those captures.
+metric on those captures. With the capture cache on (``sycam.cache``, the default), a batch
+captured by an earlier run on the same model and data is read from disk instead.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 
 from sycam._inference import fast_forward
 from sycam._state import eval_mode
+from sycam.cache import STATS, CaptureCache, default_cache, model_key, tensor_bytes
 from sycam.capture import CaptureRequest, Captures, capture
 from sycam.compile import CompiledProgram, LayerResolver
 from sycam.data.base import Batch, Dataset, collate
@@ -103,12 +105,20 @@ class Workbench:
     capture_seconds: float = 0.0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     _validated: set[str] = field(default_factory=set, repr=False)
+    #: the capture cache: "env" = sycam.cache.default_cache() (SYCAM_CACHE...), None = off
+    cache: CaptureCache | None | str = "env"
+    #: captured (and cached) with a batch's first miss besides ``request``, e.g. every layer a search may use
+    widen: CaptureRequest | None = None
 
     def __post_init__(self) -> None:
         self.device = self.device or next(self.bundle.module.parameters()).device
         if len(self.dataset) == 0:
             raise SycamError(f"dataset {getattr(self.dataset, 'name', '?')} is empty")
         self.mode = target_mode(self.targets, self.dataset, self.bundle.num_classes)
+        if isinstance(self.cache, str):
+            if self.cache != "env":
+                raise ValueError(f"Workbench.cache: a CaptureCache, None or 'env', got {self.cache!r}")
+            self.cache = default_cache()
 
     @functools.cached_property
     def resolver(self) -> LayerResolver:
@@ -121,9 +131,25 @@ class Workbench:
     def normalized(self, images01: Tensor) -> Tensor:
         return self.bundle.normalize(images01.to(self.device))
 
+    def _targets(self, inputs: Tensor, batch: Batch) -> Tensor:
+        logits = None
+        if self.mode != "label":  # the target depends on the prediction: one extra no-grad forward
+            with torch.no_grad(), eval_mode(self.bundle.module):
+                logits = self.bundle.module(inputs)
+        return choose_targets(self.mode, logits, batch.labels, self.dataset, self.bundle.num_classes)
+
+    def _target_key(self, batch: Batch) -> str:
+        """What the targets depend on besides model and inputs (the cache keys entries by it)."""
+        return (f"{self.mode}|{getattr(self.dataset, 'label_space', '')}|{self.bundle.num_classes}|"
+                + tensor_bytes(batch.labels).hex())
+
     def iter_batches(self) -> Iterable[tuple[Batch, Tensor, Captures]]:
         """Capture batch after batch without keeping them (bounded memory for large sets)."""
         n = len(self.dataset)
+        cache = self.cache if isinstance(self.cache, CaptureCache) and not self.cache.disabled else None
+        t0 = time.perf_counter()
+        mkey = model_key(self.bundle.module) if cache is not None else ""  # once per pass: weights may change
+        overhead = time.perf_counter() - t0
         for start in range(0, n, self.batch_size):
             samples = []
             for i in range(start, min(n, start + self.batch_size)):
@@ -131,13 +157,21 @@ class Workbench:
             batch = collate(samples).to(self.device)  # type: ignore[arg-type]
             inputs = self.normalized(batch.images)
             t0 = time.perf_counter()
-            logits = None
-            if self.mode != "label":  # the target depends on the prediction: one extra no-grad forward
-                with torch.no_grad(), eval_mode(self.bundle.module):
-                    logits = self.bundle.module(inputs)
-            targets = choose_targets(self.mode, logits, batch.labels, self.dataset, self.bundle.num_classes)
-            caps = capture(self.bundle.module, inputs, targets, self.request)
-            self.capture_seconds += time.perf_counter() - t0
+            if cache is None:
+                targets = self._targets(inputs, batch)
+                caps = capture(self.bundle.module, inputs, targets, self.request)
+            else:
+                describe = {"model": self.bundle.name, "data": getattr(self.dataset, "name", "?"),
+                            "split": getattr(self.dataset, "split", ""), "images": len(batch),
+                            "first_id": batch.ids[0] if batch.ids else "", "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                targets, caps = cache.capture(self.bundle.module, mkey, inputs, self._target_key(batch),
+                                              lambda x=inputs, b=batch: self._targets(x, b), self.request, self.widen,
+                                              describe)
+            dt = time.perf_counter() - t0 + overhead
+            overhead = 0.0
+            self.capture_seconds += dt
+            STATS.seconds += dt
+            STATS.batches += 1
             yield batch, targets, caps
 
     def load(self) -> "Workbench":

@@ -5,6 +5,8 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see sycam/__init__.py
+# no test reads captures another test (or the user's runs) left on disk; tests/test_cache.py turns it on
+os.environ["SYCAM_CACHE"] = "off"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -16,6 +16,7 @@ COMMANDS = {
     "evaluate": "evaluate",
     "synthesize": "synthesize",
     "tradeoff": "synthesize",
+    "cache": "cache",
 }
 
 HELP = {
@@ -26,6 +27,7 @@ HELP = {
     "evaluate": "score explainers with metrics on a dataset",
     "synthesize": "search for the program that maximises a metric",
     "tradeoff": "multi-objective search: the Pareto front between metrics",
+    "cache": "the on-disk capture cache: info (where, how big, what) or clear",
 }
 
 

@@ -50,11 +50,18 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
                         help=f"metrics --no-worse-than compares on (default {','.join(NO_WORSE_SUITE)})")
     parser.add_argument("--split-seed", type=int, default=None,
                         help="re-draw the train/val/test partition of a real dataset with this seed (default: the dataset's own)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="N processes on this machine share the search (each with 1/N of the torch threads); the hall of "
+                             "fame is chosen once, when all have finished (default 1)")
+    parser.add_argument("--worker", default=None, metavar="I/N",
+                        help="do share I (0..N-1) of N of the search, for N processes on several machines sharing one "
+                             "--storage (e.g. PostgreSQL) and --study; each reports the study as it stands when it ends")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(name: str, args: argparse.Namespace) -> int:
-    from sycam.search.synthesize import REFERENCES, SynthConfig, Synthesis, format_front, format_hall
+    from sycam.search.synthesize import REFERENCES, SynthConfig, format_front, format_hall
+    from sycam.search.workers import synthesize
 
     metrics = [args.metric] if name == "synthesize" else _split(args.metrics)
     if name == "tradeoff" and len(metrics) < 2:
@@ -67,6 +74,7 @@ def run(name: str, args: argparse.Namespace) -> int:
         program_path(args.no_worse_than)  # an unknown reference fails now, not after the search
     if args.budget <= 0:
         raise SycamError(f"--budget must be positive, got {args.budget}")
+    worker = _worker(args.worker) if args.worker else None
     cfg = SynthConfig(
         metrics=metrics, model=args.model, weights=args.weights, data=args.data, budget=args.budget,
         candidates=args.candidates, seed=args.seed, out=args.out, storage=args.storage, study=args.study,
@@ -74,11 +82,31 @@ def run(name: str, args: argparse.Namespace) -> int:
         max_size=args.max_size, references=_split(args.references) if args.references else REFERENCES,
         targets=args.targets, device=args.device, progress=not args.quiet, enumerate=not args.no_enumerate,
         sanity=args.sanity, sanity_images=args.sanity_images, pool=args.pool, no_worse_than=args.no_worse_than,
-        suite=_split(args.suite), split_seed=args.split_seed,
+        suite=_split(args.suite), split_seed=args.split_seed, workers=args.workers, worker=worker,
     )
-    result = Synthesis(cfg).run()
+    result = synthesize(cfg)
     if name == "synthesize":
         print(format_hall(result))
     else:
         print(format_front(result, metrics))
+    print(captures_line(result.get("stats", {}).get("captures")))
     return 0
+
+
+def _worker(text: str) -> tuple[int, int]:
+    i, sep, n = text.partition("/")
+    if not (sep and i.strip().isdigit() and n.strip().isdigit()):
+        raise SycamError(f"--worker takes I/N, e.g. 0/3 for the first of three workers; got {text!r}")
+    return int(i), int(n)
+
+
+def captures_line(c: dict | None) -> str:
+    """One line on what the run's captures cost and how many batches the cache served."""
+    from sycam.cache import default_cache
+
+    if not c:
+        return ""
+    cache = default_cache()
+    where = f"capture cache {cache.root}" if cache is not None else "capture cache off (SYCAM_CACHE=off)"
+    return (f"captures: {c['seconds']:.1f} s for {c['batches']} batches; {c['hits']} from the cache, {c['partial']} completed, "
+            f"{c['batches'] - c['hits'] - c['partial']} computed ({where})")

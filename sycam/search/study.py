@@ -8,9 +8,11 @@ enqueued as waiting trials (``skip_if_exists``), so each is taken by exactly one
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -20,6 +22,7 @@ import warnings
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy import event
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.engine import Engine
 
 from sycam.errors import ProgramRuntimeError, SycamError
@@ -45,18 +48,69 @@ def _sqlite_wal(dbapi_connection, _record) -> None:  # noqa: ANN001 - sqlalchemy
 
 def open_storage(url: str) -> RDBStorage:
     """An RDB storage with heartbeats: trials of a killed worker are failed after the grace
-    period and re-queued (``RetryHeartbeatStaleTrialCallback``), so no candidate is lost."""
+    period and re-queued (``RetryHeartbeatStaleTrialCallback``), so no candidate is lost.
+
+    A server that refuses the connection for good (wrong password, no such database, user or host,
+    nothing listening, a missing driver) is a one-line :class:`SycamError` at once, with the
+    password masked; other failures (workers racing to create the schema) are retried."""
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    shown = mask_password(url)
+    url = _with_driver(url)
     last: Exception | None = None
     for attempt in range(6):
         try:
             return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=5, grace_period=20,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+        except ImportError as err:  # the URL's driver is not installed
+            hint = " (pip install 'sycam[postgres]')" if url.startswith("postgres") else ""
+            raise SycamError(f"cannot open the study storage {shown}: its database driver is missing: {err}{hint}") from None
         except Exception as err:  # sqlalchemy errors vary by backend
-            # workers starting together race to create the schema: the loser retries
             last = err
+            if _refused(err):
+                break
+            # workers starting together race to create the schema: the loser retries
             time.sleep(0.5 * (attempt + 1) + random.random())
-    raise SycamError(f"cannot open the study storage {url!r}: {last}") from None
+    raise SycamError(f"cannot open the study storage {shown}: {_one_line(last)}") from None
+
+
+_REFUSED = ("password authentication failed", "does not exist", "no password supplied", "could not translate host name",
+            "connection refused", "could not connect", "name or service not known", "no pg_hba.conf entry",
+            "invalid dsn", "access denied", "unknown database", "authentication failed")
+
+
+def _refused(err: Exception) -> bool:
+    text = str(getattr(err, "orig", None) or err).lower()
+    return any(s in text for s in _REFUSED) or isinstance(err, (ValueError, ArgumentError))
+
+
+def _one_line(err: Exception | None) -> str:
+    """The database's own message, first line, without SQLAlchemy's wrapping and links."""
+    if err is None:
+        return "unknown error"
+    text = str(getattr(err, "orig", None) or err)
+    text = re.sub(r"\(Background on this error at:[^)]*\)", "", text)
+    lines = [re.sub(r"\s+", " ", line).strip() for line in text.splitlines() if line.strip()]
+    # psycopg2: 'connection to server at "h" (ip), port p failed: FATAL:  password authentication failed ...'
+    return mask_password("; ".join(lines[:2]))[:300] or type(err).__name__
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` (or ``postgres://``) with the driver that is installed: psycopg2 (the
+    ``sycam[postgres]`` extra), else psycopg 3. SQLAlchemy 2.0 means psycopg2 by the bare scheme,
+    2.1 psycopg 3; naming it makes either work with either."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return url
+    for driver in ("psycopg2", "psycopg"):
+        if importlib.util.find_spec(driver) is not None:
+            return f"postgresql+{driver}://{rest}"
+    raise SycamError(f"cannot open the study storage {mask_password(url)}: no PostgreSQL driver is installed "
+                     "(pip install 'sycam[postgres]')")
+
+
+def mask_password(url: str) -> str:
+    """``scheme://user:***@host/db``: a password never reaches a message, a log or the manifest."""
+    return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def open_study(storage: RDBStorage, name: str, directions: Sequence[str], seed: int) -> optuna.Study:

@@ -12,6 +12,7 @@ the hall of fame's pieces already live in ``search/hall.py``, ``report.py`` and 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -27,6 +28,7 @@ import optuna
 import torch
 from tqdm.auto import tqdm
 
+from sycam.cache import STATS
 from sycam.workbench import Workbench, mean_score, merge_requests, score_streaming
 from sycam.capture import CaptureRequest
 from sycam.compile import CompiledProgram
@@ -41,9 +43,11 @@ from sycam.search.enumerate import Enumerator, map_key
 from sycam.search.hall import (MIN_VAL_IMAGES, Row, distinct_structures, fmt, interval, nan_last, paired_difference,
                                pareto_front)
 from sycam.search.report import format_front, format_hall  # noqa: F401  (re-exported)
+from sycam.search.claims import Claims
 from sycam.search.sanity import CHECKS, SanityBench, failures, thresholds
 from sycam.search.space import Derivation, derive
-from sycam.search.study import Candidate, Objective, completed, enqueue, open_storage, open_study, record
+from sycam.search.study import (Candidate, Objective, completed, enqueue, mask_password, open_storage, open_study,
+                                record)
 
 NO_WORSE_SUITE = ("iou", "energy_pg", "pointing_game", "deletion", "insertion")
 REFERENCES = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "layeravg", "winsorcam")
@@ -79,6 +83,9 @@ class SynthConfig:
     no_worse_than: str | None = None  # a reference the hall of fame must match on every metric of `suite`
     suite: Sequence[str] = NO_WORSE_SUITE
     split_seed: int | None = None  # re-draw the train/val/test partition of the data
+    workers: int = 1  # processes on this machine sharing the study (sycam.search.workers)
+    worker: tuple[int, int] | None = None  # (I, N): this process does share I of N (enumerated programs, trials)
+    report: bool = True  # False: search only (a worker); the hall of fame is chosen once, after all workers
 
     @property
     def study_name(self) -> str:
@@ -124,22 +131,29 @@ class Journal:
         self.path = path
         self.names = [m.name for m in metrics]
         self.values: dict[str, tuple[float, ...]] = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
+        for known in sorted(path.parent.glob("enumerated*.jsonl")):  # every worker's journal, this one's too
+            for line in known.read_text().splitlines():
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:  # a line cut by a kill: recompute that candidate
                     continue
                 if row.get("metrics") == self.names:
                     self.values[row["program"]] = tuple(float(v) for v in row["values"])
+        torn = path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
         self._file = open(path, "a", encoding="utf-8")
+        if torn:  # a kill cut the last line: the next one starts on a line of its own
+            self._file.write("\n")
 
     def get(self, program: str) -> tuple[float, ...] | None:
         return self.values.get(program)
 
-    def add(self, program: str, values: tuple[float, ...]) -> None:
+    def add(self, program: str, values: tuple[float, ...], scored: bool = True) -> None:
+        """``scored=False``: the values came from another worker (sycam.search.claims)."""
         self.values[program] = values
-        self._file.write(json.dumps({"program": program, "metrics": self.names, "values": list(values)}) + "\n")
+        row = {"program": program, "metrics": self.names, "values": list(values)}
+        if not scored:
+            row["scored"] = False
+        self._file.write(json.dumps(row) + "\n")
         self._file.flush()
 
 
@@ -177,11 +191,13 @@ class Synthesis:
                          for split, limit in (("train", cfg.train_limit), ("val", cfg.val_limit), ("test", cfg.test_limit))}
         self.history: list[dict[str, float]] = []
         self.t0 = time.perf_counter()
+        self.captures_mark = STATS.copy()  # captures of this run: computed or from the cache (sycam.cache)
+        self.widen: CaptureRequest | None = None  # what every batch's first capture also caches
 
     # ------------------------------------------------------------------ benches
     def bench(self, split: str, request: CaptureRequest) -> Workbench:
         return Workbench(self.bundle, self.datasets[split], request, batch_size=self.cfg.batch_size, targets=self.cfg.targets,
-                         device=self.device, progress=self.cfg.progress)
+                         device=self.device, progress=self.cfg.progress, widen=self.widen)
 
     def _scores(self, bench: Workbench, program: A.Program, params=None) -> dict[str, float]:
         compiled = bench.compile(program)
@@ -193,12 +209,16 @@ class Synthesis:
         cfg = self.cfg
         directions = ["maximize" if m.higher_is_better else "minimize" for m in self.metrics]
         storage_url = cfg.storage or f"sqlite:///{(self.out / 'study.db').resolve()}"
-        study = open_study(open_storage(storage_url), cfg.study_name, directions, cfg.seed)
+        share, shares = cfg.worker or (0, 1)
+        storage = open_storage(storage_url)
+        study = open_study(storage, cfg.study_name, directions, cfg.seed + share)  # each worker samples its own way
+        claims = Claims(storage, cfg.study_name, f"{self.out.resolve()}|{share}/{shares}") if cfg.worker else None
         self._write_manifest(storage_url)
 
         resolver = Workbench(self.bundle, self.datasets["train"], CaptureRequest(layers=())).resolver
         self.selections = search_selections(resolver)
-        train = self.bench("train", _search_request(resolver, A.ScoreSpec(), self.selections)).load()
+        self.widen = _search_request(resolver, A.ScoreSpec(), self.selections)  # a later run's hall may use any of it
+        train = self.bench("train", self.widen).load()
         probe = train.batches[0].caps.take(slice(0, 16))
         constraints = None
         if cfg.sanity == "require":  # Optuna's sampler learns to avoid programs that fail a sanity check
@@ -213,7 +233,7 @@ class Synthesis:
         # 1. the enumerator's programs, scored directly on the cached captures (no per-candidate
         #    storage round trip); each result is appended to a journal, so a restart skips it
         seen_maps: dict[bytes, tuple[float, ...]] = {}
-        stats = {"scored": 0, "observational_duplicates": 0, "invalid": 0, "from_journal": 0}
+        stats = {"scored": 0, "observational_duplicates": 0, "invalid": 0, "from_journal": 0, "from_other_workers": 0}
         bar = tqdm(total=cfg.candidates, desc=f"synthesize {'+'.join(cfg.metrics)}", unit="cand", disable=not cfg.progress,
                    dynamic_ncols=True)
         best: dict[str, float | None] = {"value": None}
@@ -236,9 +256,22 @@ class Synthesis:
             if key in seen_maps:
                 stats["observational_duplicates"] += 1
                 return seen_maps[key]
-            values = train.score(compiled, self.metrics, cand.params)
+            claim = hashlib.sha256(key).hexdigest() if claims is not None else ""
+            found = claims.take(claim) if claims is not None else None
+            if found is not None:  # another worker scored it
+                stats["from_other_workers"] += 1
+                seen_maps[key] = found
+                return found
+            try:
+                values = train.score(compiled, self.metrics, cand.params)
+            except ProgramRuntimeError:
+                if claims is not None:
+                    claims.done(claim, [math.nan] * len(self.metrics))
+                raise
             result = tuple(mean_score(values[m.name]) for m in self.metrics)
             seen_maps[key] = result
+            if claims is not None:
+                claims.done(claim, result)
             stats["scored"] += 1
             return result
 
@@ -249,20 +282,26 @@ class Synthesis:
             # with a candidate count the run is reproducible: no clock decides what is enumerated
             derivs = enumerator.run(time_limit=None if cfg.candidates else 0.2 * cfg.budget)
             enum_stats = enumerator.stats.as_dict()
-            journal = Journal(self.out / "enumerated.jsonl", self.metrics)
+            journal = Journal(self.out / ("enumerated.jsonl" if not cfg.worker else f"enumerated.{share}of{shares}.jsonl"),
+                              self.metrics)
+            n_enumerated = len(derivs)
             for i, deriv in enumerate(derivs):
-                if i >= 10 and self._out_of_budget(n_done[0]):  # the smallest ten are always scored
+                if i >= 10 and self._out_of_budget(i):  # the smallest ten are always scored
+                    n_enumerated = i
                     break
+                if i % shares != share:  # another worker's
+                    continue
                 program = deriv.program()
                 text = pretty(program)
                 values = journal.get(text)
                 if values is None:
+                    reused = stats["from_other_workers"]
                     try:
                         values = evaluate(Candidate(program, text, A.size(program.body), canonical_hash(program), {}))
                     except ProgramRuntimeError:
                         stats["invalid"] += 1
                         values = tuple(float("nan") for _ in self.metrics)
-                    journal.add(text, values)
+                    journal.add(text, values, scored=stats["from_other_workers"] == reused)
                 else:
                     stats["from_journal"] += 1
                 scored_enum.append((values, deriv, text))
@@ -271,7 +310,9 @@ class Synthesis:
             # the hall of fame can choose among them: the best structures and the best of every size
             # (with sanity checks required: until that many pass the checks on train, if they can)
             in_study = {t.user_attrs.get("program") for t in study.get_trials(deepcopy=False)}
-            ranked = sorted((r for r in scored_enum if not any(math.isnan(v) for v in r[0])), key=lambda r: -sign * r[0][0])
+            # ties broken by the text, as in the final selection: workers' shares rank like the whole
+            ranked = sorted((r for r in scored_enum if not any(math.isnan(v) for v in r[0])),
+                            key=lambda r: (-sign * r[0][0], A.size(r[1].program().body), r[2]))
             chosen = distinct_structures(ranked, key_of=lambda r: r[2], value_of=lambda r: r[0][0],
                                          size_of=lambda r: A.size(r[1].program().body), sign=sign, top=cfg.pool)
             feasible, rounds = 0, 0
@@ -301,20 +342,30 @@ class Synthesis:
         objective.prime(study)
         remaining = cfg.budget - (time.perf_counter() - self.search_t0)
         n_trials = None
-        if cfg.candidates:
-            n_trials = max(0, cfg.candidates - n_done[0])
+        if cfg.candidates:  # what the enumerator left of the count, split between the workers
+            left = max(0, cfg.candidates - (n_enumerated if cfg.enumerate else 0))
+            n_trials = left // shares + (share < left % shares)
         if cfg.candidates and n_trials:
             study.optimize(objective, n_trials=n_trials, catch=(SycamError,), gc_after_trial=False)
         elif not cfg.candidates and remaining > 0:
             study.optimize(objective, timeout=remaining, catch=(SycamError,), gc_after_trial=False)
         bar.close()
         search_seconds = time.perf_counter() - self.search_t0
+        if not cfg.report:  # one worker of several: the hall of fame is chosen once, after all of them
+            return {"worker": [share, shares], "history": self.history, "started": time.time() - (time.perf_counter() - self.t0),
+                    "stats": {"enumeration": enum_stats, **stats, "search_seconds": round(search_seconds, 2),
+                              "waited_for_other_workers": round(claims.waited, 2) if claims else 0.0,
+                              "peak_rss_mb": peak_rss_mb(),
+                              "total_seconds": round(time.perf_counter() - self.t0, 2),
+                              "captures": STATS.since(self.captures_mark)}}
 
         # 3. honest selection: top-k on train -> pick on validation -> report on test
         result = self._select_and_report(study, train)
         result["stats"] = {"enumeration": enum_stats, **stats, "trials": len(study.trials),
                            "completed": len(completed(study)), "search_seconds": round(search_seconds, 2),
-                           "total_seconds": round(time.perf_counter() - self.t0, 2)}
+                           "total_seconds": round(time.perf_counter() - self.t0, 2),
+                           "captures": STATS.since(self.captures_mark),
+                           "peak_rss_mb": peak_rss_mb()}
         (self.out / "summary.json").write_text(json.dumps(result, indent=2, default=str))
         return result
 
@@ -373,7 +424,7 @@ class Synthesis:
         primary = self.metrics[0]
         sign = 1 if primary.higher_is_better else -1
         single = len(self.metrics) == 1
-        trials = completed(study)
+        trials = sorted(completed(study), key=lambda t: t.user_attrs["program"])  # ties: by text, not by who came first
         if cfg.sanity == "require":  # programs that already failed a check on train do not go on
             trials = [t for t in trials if not t.constraints or max(t.constraints.values()) <= 0]
         if single:  # distinct structures, each with its best parameters; the best of every size too
@@ -561,8 +612,9 @@ class Synthesis:
         from sycam import __version__
 
         manifest = {
-            "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-            "config": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in asdict(self.cfg).items()},
+            "command": mask_password(" ".join([Path(sys.argv[0]).name] + sys.argv[1:])),  # never write a password
+            "config": {k: (list(v) if isinstance(v, (list, tuple)) else mask_password(v) if k == "storage" and v else v)
+                       for k, v in asdict(self.cfg).items()},
             "study": self.cfg.study_name,
             "storage": re.sub(r"//[^@/]*@", "//***@", storage_url),  # never write a password
             "grammar_hash": grammar_hash(),
@@ -575,6 +627,15 @@ class Synthesis:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         (self.out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory in MiB (None where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
 def _selections_of(deriv: Derivation) -> set[str]:
