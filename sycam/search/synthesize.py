@@ -30,10 +30,13 @@ from sycam.lang import ast as A
 from sycam.lang.canon import canonical_hash, canonical_text
 from sycam.lang.parse import grammar_hash, parse
 from sycam.lang.pretty import fmt_number, pretty
-from sycam.search.enumerate import Enumerator, map_key
+from sycam.search.budget import Clock, FinalCost
+from sycam.search.enumerate import Enumerator
 from sycam.search.hall import (MIN_VAL_IMAGES, Row, distinct_structures, fmt, interval, nan_last, paired_difference,
                                pareto_front)
 from sycam.search.report import format_front, format_hall  # noqa: F401  (re-exported)
+from sycam.search.loop import Journal, Racer, probe_costs, pruner
+from sycam.search.racing import Rung, RungBench, schedule
 from sycam.search.sanity import CHECKS, SanityBench, failures
 from sycam.search.space import Derivation, derive
 from sycam.search.study import Candidate, Objective, completed, enqueue, open_storage, open_study, record
@@ -48,7 +51,7 @@ class SynthConfig:
     model: str = "builtin"
     weights: str | None = None
     data: str = "builtin"
-    budget: float = 90.0  # seconds of search (enumeration + Optuna)
+    budget: float = 90.0  # wall-time seconds of the whole run (loading, captures, search, final scoring, outputs)
     candidates: int | None = None  # instead of the budget: stop after this many candidates (reproducible)
     seed: int = 0
     out: str | None = None
@@ -72,6 +75,7 @@ class SynthConfig:
     no_worse_than: str | None = None  # a reference the hall of fame must match on every metric of `suite`
     suite: Sequence[str] = NO_WORSE_SUITE
     split_seed: int | None = None  # re-draw the train/val/test partition of the data
+    racing: bool = True  # candidates race on image subsets at low resolution (sycam.search.racing); off: all exact
 
     @property
     def study_name(self) -> str:
@@ -126,33 +130,6 @@ def _probe(caps: Captures, n: int) -> Captures:
                     input_size=caps.input_size)
 
 
-class Journal:
-    """Scores of enumerated programs, one JSON line each, appended as they are computed
-    (a killed run loses at most the candidate in flight)."""
-
-    def __init__(self, path: Path, metrics) -> None:
-        self.path = path
-        self.names = [m.name for m in metrics]
-        self.values: dict[str, tuple[float, ...]] = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by a kill: recompute that candidate
-                    continue
-                if row.get("metrics") == self.names:
-                    self.values[row["program"]] = tuple(float(v) for v in row["values"])
-        self._file = open(path, "a", encoding="utf-8")
-
-    def get(self, program: str) -> tuple[float, ...] | None:
-        return self.values.get(program)
-
-    def add(self, program: str, values: tuple[float, ...]) -> None:
-        self.values[program] = values
-        self._file.write(json.dumps({"program": program, "metrics": self.names, "values": list(values)}) + "\n")
-        self._file.flush()
-
-
 def _simplified(program: str) -> str:
     """The canonical form as text where it reads better than the program (TPE samples ``A + A``:
     ``2*A``): not for multi-layer programs (sympy spells each/fuse in its internal notation and
@@ -177,6 +154,8 @@ class Synthesis:
 
         if not cfg.metrics:
             raise SycamError("give at least one metric")
+        # the budget is the wall time of the whole run, model loading included
+        self.clock = Clock(None if cfg.candidates else cfg.budget)
         self.cfg = cfg
         self.metrics = [get_metric(m) for m in cfg.metrics]
         self.out = cfg.out_dir
@@ -188,7 +167,8 @@ class Synthesis:
         self.datasets = {split: open_dataset(cfg.data, split=split, size=size, limit=limit, split_seed=cfg.split_seed)
                          for split, limit in (("train", cfg.train_limit), ("val", cfg.val_limit), ("test", cfg.test_limit))}
         self.history: list[dict[str, float]] = []
-        self.t0 = time.perf_counter()
+        self.t0 = self.clock.t0
+        self.clock.seconds["load"] = self.clock.now()
 
     # ------------------------------------------------------------------ benches
     def bench(self, split: str, request: CaptureRequest) -> Workbench:
@@ -202,138 +182,181 @@ class Synthesis:
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict:
-        cfg = self.cfg
+        cfg, clock = self.cfg, self.clock
         directions = ["maximize" if m.higher_is_better else "minimize" for m in self.metrics]
         storage_url = cfg.storage or f"sqlite:///{(self.out / 'study.db').resolve()}"
-        study = open_study(open_storage(storage_url), cfg.study_name, directions, cfg.seed)
-        self._write_manifest(storage_url)
+        with clock.phase("load"):  # with the model and the data: the study and the manifest
+            study = open_study(open_storage(storage_url), cfg.study_name, directions, cfg.seed,
+                               pruner=pruner() if cfg.racing else None)
+            self._write_manifest(storage_url)
 
-        resolver = Workbench(self.bundle, self.datasets["train"], CaptureRequest(layers=())).resolver
-        self.selections = search_selections(resolver)
-        train = self.bench("train", _search_request(resolver, A.ScoreSpec(), self.selections)).load()
-        probe = _probe(train.batches[0].caps, 16)
-        constraints = None
-        if cfg.sanity == "require":  # Optuna's sampler learns to avoid programs that fail a sanity check
-            sanity = self.sanity_bench("train", train.request)
-            thresholds = _thresholds()
+        with clock.phase("capture"):
+            resolver = Workbench(self.bundle, self.datasets["train"], CaptureRequest(layers=())).resolver
+            self.selections = search_selections(resolver)
+            t0 = time.perf_counter()
+            train = self.bench("train", _search_request(resolver, A.ScoreSpec(), self.selections)).load()
+            train_seconds = time.perf_counter() - t0
+            probe = _probe(train.batches[0].caps, 16)
+            constraints = None
+            if cfg.sanity == "require":  # Optuna's sampler learns to avoid programs that fail a sanity check
+                sanity = self.sanity_bench("train", train.request)
+                thresholds = _thresholds()
 
-            def constraints(cand: Candidate) -> dict[str, float]:
-                values = sanity.values(train.compile(cand.program), cand.params)
-                return {c: (-1.0 if math.isnan(values[c]) else values[c] - thresholds[c]) for c in CHECKS}
-        self.search_t0 = time.perf_counter()  # the budget counts search time, not model loading or captures
+                def constraints(cand: Candidate) -> dict[str, float]:
+                    values = sanity.values(train.compile(cand.program), cand.params)
+                    return {c: (-1.0 if math.isnan(values[c]) else values[c] - thresholds[c]) for c in CHECKS}
+            n_train = len(self.datasets["train"])
+            rungs = (schedule(n_train, tuple(self.bundle.input_size), self.metrics) if cfg.racing
+                     else [Rung(n_train, None, exact=True)])
+            racer = Racer(RungBench(train, rungs, self.metrics, seed=cfg.seed), self.metrics)
+            final = self._final_cost(train, train_seconds) if clock.budget is not None else None
+        search_start = clock.now()
+        window = clock.left() - (final.seconds() if final else 0.0)
+        if final is not None:
+            clock.plan("final", final.seconds(), "val/test captures and scores")
+            clock.plan("enumerate", 0.2 * window)
+            clock.plan("race", 0.5 * window)
+            clock.plan("optuna", 0.3 * window)
 
-        # 1. the enumerator's programs, scored directly on the cached captures (no per-candidate
-        #    storage round trip); each result is appended to a journal, so a restart skips it
-        seen_maps: dict[bytes, tuple[float, ...]] = {}
-        stats = {"scored": 0, "observational_duplicates": 0, "invalid": 0, "from_journal": 0}
+        # progress: every candidate that enters the race; the best exact value so far
         bar = tqdm(total=cfg.candidates, desc=f"synthesize {'+'.join(cfg.metrics)}", unit="cand", disable=not cfg.progress,
                    dynamic_ncols=True)
         best: dict[str, float | None] = {"value": None}
         sign = 1 if self.metrics[0].higher_is_better else -1
         n_done = [0]
 
-        def note(values: tuple[float, ...]) -> None:
+        def entered() -> None:
             n_done[0] += 1
             bar.update(1)
+
+        def exact(values: tuple[float, ...]) -> None:
             v = values[0]
             if not math.isnan(v) and (best["value"] is None or sign * v > sign * best["value"]):
                 best["value"] = v
             if best["value"] is not None:
-                bar.set_postfix_str(f"best {self.metrics[0].name}={best['value']:.4f} scored={stats['scored']}")
-                self.history.append({"n": n_done[0], "seconds": time.perf_counter() - self.t0, "best": best["value"]})
+                bar.set_postfix_str(f"best {self.metrics[0].name}={best['value']:.4f} exact={racer.stats.scored}")
+                self.history.append({"n": n_done[0], "seconds": clock.now(), "best": best["value"]})
 
-        def evaluate(cand: Candidate) -> tuple[float, ...]:
-            compiled = train.compile(cand.program)
-            key = map_key(compiled(probe, cand.params)) + repr(sorted(cand.params.items())).encode()
-            if key in seen_maps:
-                stats["observational_duplicates"] += 1
-                return seen_maps[key]
-            values = train.score(compiled, self.metrics, cand.params)
-            result = tuple(mean_score(values[m.name]) for m in self.metrics)
-            seen_maps[key] = result
-            stats["scored"] += 1
-            return result
+        racer.on_exact = exact
 
+        # 1. the enumerator's programs race on the cached captures (no per-candidate storage round
+        #    trip); each rung value is appended to a journal, so a restart skips it
         enum_stats: dict[str, float] = {}
-        scored_enum: list[tuple[tuple[float, ...], Derivation, str]] = []
         if cfg.enumerate:
-            enumerator = Enumerator(probe, train.resolver, max_size=cfg.max_size, selections=self.selections)
-            # with a candidate count the run is reproducible: no clock decides what is enumerated
-            derivs = enumerator.run(time_limit=None if cfg.candidates else 0.2 * cfg.budget)
-            enum_stats = enumerator.stats.as_dict()
-            journal = Journal(self.out / "enumerated.jsonl", self.metrics)
-            for i, deriv in enumerate(derivs):
-                if i >= 10 and self._out_of_budget(n_done[0]):  # the smallest ten are always scored
-                    break
-                program = deriv.program()
-                text = pretty(program)
-                values = journal.get(text)
-                if values is None:
-                    try:
-                        values = evaluate(Candidate(program, text, A.size(program.body), canonical_hash(program), {}))
-                    except ProgramRuntimeError:
-                        stats["invalid"] += 1
-                        values = tuple(float("nan") for _ in self.metrics)
-                    journal.add(text, values)
-                else:
-                    stats["from_journal"] += 1
-                scored_enum.append((values, deriv, text))
-                note(values)
-            # the best of them join the study, so that TPE starts from what the enumerator learnt and
-            # the hall of fame can choose among them: the best structures and the best of every size
-            # (with sanity checks required: until that many pass the checks on train, if they can)
-            in_study = {t.user_attrs.get("program") for t in study.get_trials(deepcopy=False)}
-            ranked = sorted((r for r in scored_enum if not any(math.isnan(v) for v in r[0])), key=lambda r: -sign * r[0][0])
-            chosen = distinct_structures(ranked, key_of=lambda r: r[2], value_of=lambda r: r[0][0],
-                                         size_of=lambda r: A.size(r[1].program().body), sign=sign, top=cfg.pool)
-            feasible = 0
-            extra = iter(r for r in ranked[cfg.pool:] if r not in chosen)
-            while chosen:
-                values, deriv, text = chosen.pop(0)
-                program = deriv.program()
-                attrs = {"program": text, "size": A.size(program.body), "source": "enumerator",
-                         "canon": canonical_hash(program), "memo_key": canonical_hash(program) + "|"}
-                limits = None if constraints is None else constraints(Candidate(program, text, A.size(program.body),
-                                                                                attrs["canon"], {}))
-                feasible += limits is None or max(limits.values()) <= 0
-                if text not in in_study:
-                    record(study, deriv, values, attrs, self.selections, limits)
-                if not chosen and feasible < cfg.pool and constraints is not None:
-                    chosen = [r for _, r in zip(range(cfg.pool), extra)]  # the next ones down the ranking
-        # 2. Optuna: the reference programs of the space are queued first, then TPE over the grammar
-        for name in cfg.references:
-            from sycam.programs import load
+            with clock.phase("enumerate"):
+                enumerator = Enumerator(probe, train.resolver, max_size=cfg.max_size, selections=self.selections)
+                # with a candidate count the run is reproducible: no clock decides what is enumerated
+                derivs = enumerator.run(time_limit=None if cfg.candidates else max(1.0, 0.2 * window))
+                enum_stats = enumerator.stats.as_dict()
+            with clock.phase("race"):
+                journal = Journal(self.out / "enumerated.jsonl", self.metrics)
+                race_end = search_start + 0.7 * window
+                if cfg.candidates:
+                    stop = lambda: False  # noqa: E731
+                else:  # the ten smallest always enter, and one program is always scored exactly
+                    stop = lambda: (clock.now() > race_end and n_done[0] >= 10  # noqa: E731
+                                    and racer.stats.scored + racer.stats.from_journal > 0)
+                programs = ((d.program(), pretty(d.program()), d) for d in derivs)
+                scored_enum = racer.race_list(programs, journal, stop, limit=cfg.candidates, on_new=entered)
+                journal.close()
+                self._record_enumerated(study, scored_enum, sign, constraints)
+        # 2. Optuna: the reference programs of the space are queued first, then TPE over the grammar;
+        #    its trials race the same rungs (Optuna's successive-halving pruner)
+        with clock.phase("optuna"):
+            for name in cfg.references:
+                from sycam.programs import load
 
-            deriv = derive(A.inline_lets(load(name)))
-            if deriv is not None and _selections_of(deriv) <= set(self.selections):
-                enqueue(study, deriv, f"reference:{name}")
-        objective = Objective(evaluate, max_depth=cfg.max_depth, selections=self.selections,
-                              on_scored=lambda trial, cand, values: note(values), constraints=constraints)
-        objective.prime(study)
-        remaining = cfg.budget - (time.perf_counter() - self.search_t0)
-        n_trials = None
-        if cfg.candidates:
-            n_trials = max(0, cfg.candidates - n_done[0])
-        if cfg.candidates and n_trials:
-            study.optimize(objective, n_trials=n_trials, catch=(SycamError,), gc_after_trial=False)
-        elif not cfg.candidates and remaining > 0:
-            study.optimize(objective, timeout=remaining, catch=(SycamError,), gc_after_trial=False)
-        bar.close()
-        search_seconds = time.perf_counter() - self.search_t0
+                deriv = derive(A.inline_lets(load(name)))
+                if deriv is not None and _selections_of(deriv) <= set(self.selections):
+                    enqueue(study, deriv, f"reference:{name}")
+            racing_trials = cfg.racing and len(self.metrics) == 1
+
+            def evaluate(cand: Candidate, trial=None) -> tuple[float, ...]:
+                try:
+                    return racer.evaluate_trial(cand, trial)
+                except optuna.TrialPruned:
+                    entered()  # a pruned trial is a candidate too (completed ones are counted on return)
+                    raise
+
+            objective = Objective(evaluate, max_depth=cfg.max_depth, selections=self.selections,
+                                  on_scored=lambda trial, cand, values: entered(), constraints=constraints,
+                                  pass_trial=racing_trials)
+            objective.prime(study)
+            racer.prime(study)
+            if cfg.candidates:
+                n_trials = max(0, cfg.candidates - n_done[0])
+                if n_trials:
+                    study.optimize(objective, n_trials=n_trials, catch=(SycamError,), gc_after_trial=False)
+            else:
+                if final is not None and racer.exact_seconds_per_image() is not None:
+                    final.row_per_image = racer.exact_seconds_per_image()  # measured now: re-plan
+                    clock.plan("final", final.seconds(), "val/test captures and scores")
+                remaining = clock.left() - (final.seconds() if final else 0.0)
+                if remaining > 0:
+                    study.optimize(objective, timeout=remaining, catch=(SycamError,), gc_after_trial=False)
+            bar.close()
+        search_seconds = clock.now() - search_start
 
         # 3. honest selection: top-k on train -> pick on validation -> report on test
-        result = self._select_and_report(study, train)
-        result["stats"] = {"enumeration": enum_stats, **stats, "trials": len(study.trials),
-                           "completed": len(completed(study)), "search_seconds": round(search_seconds, 2),
-                           "total_seconds": round(time.perf_counter() - self.t0, 2)}
+        with clock.phase("final"):
+            result = self._select_and_report(study, train)
+            stats = racer.stats.as_dict()
+            result["stats"] = {"enumeration": enum_stats, **stats, "trials": len(study.trials),
+                               "completed": len(completed(study)), "rungs": [r.label for r in rungs],
+                               "candidates": n_done[0], "search_seconds": round(search_seconds, 2),
+                               "candidates_per_second": round(n_done[0] / search_seconds, 2) if search_seconds > 0 else None}
+        result["stats"]["phases"] = clock.as_dict()
+        if final is not None:
+            result["stats"]["phases"]["final_estimate"] = {k: round(v, 4) if isinstance(v, float) else v
+                                                           for k, v in asdict(final).items()}
+        result["stats"]["total_seconds"] = round(clock.now(), 2)
         (self.out / "summary.json").write_text(json.dumps(result, indent=2, default=str))
         return result
 
-    def _out_of_budget(self, n_done: int) -> bool:
-        # the enumerator's programs may use up to 70% of the budget; Optuna gets the rest
-        if self.cfg.candidates:
-            return n_done >= self.cfg.candidates
-        return time.perf_counter() - self.search_t0 > 0.7 * self.cfg.budget
+    def _record_enumerated(self, study: optuna.Study, scored_enum: list, sign: int, constraints) -> None:
+        """The best exactly scored enumerated programs join the study, so that TPE starts from what
+        the enumerator learnt and the hall of fame can choose among them: the best structures and the
+        best of every size (with sanity checks required: until that many pass the checks on train,
+        if they can)."""
+        cfg = self.cfg
+        in_study = {t.user_attrs.get("program") for t in study.get_trials(deepcopy=False)}
+        ranked = sorted((r for r in scored_enum if not any(math.isnan(v) for v in r[0])), key=lambda r: -sign * r[0][0])
+        chosen = distinct_structures(ranked, key_of=lambda r: r[2], value_of=lambda r: r[0][0],
+                                     size_of=lambda r: A.size(r[1].program().body), sign=sign, top=cfg.pool)
+        feasible = 0
+        extra = iter(r for r in ranked[cfg.pool:] if r not in chosen)
+        while chosen:
+            values, deriv, text = chosen.pop(0)
+            program = deriv.program()
+            attrs = {"program": text, "size": A.size(program.body), "source": "enumerator",
+                     "canon": canonical_hash(program), "memo_key": canonical_hash(program) + "|"}
+            limits = None if constraints is None else constraints(Candidate(program, text, A.size(program.body),
+                                                                            attrs["canon"], {}))
+            feasible += limits is None or max(limits.values()) <= 0
+            if text not in in_study:
+                record(study, deriv, values, attrs, self.selections, limits)
+            if not chosen and feasible < cfg.pool and constraints is not None:
+                chosen = [r for _, r in zip(range(cfg.pool), extra)]  # the next ones down the ranking
+
+    def _final_cost(self, train: Workbench, train_seconds: float) -> FinalCost:
+        """What the final phase will cost: capture and score times measured on a few train images
+        (see :class:`sycam.search.budget.FinalCost`)."""
+        from sycam.programs import load
+
+        cfg = self.cfg
+        refs = [CompiledProgram(load(name), train.resolver) for name in cfg.references]
+        ratio, refs_per_image = probe_costs(train, lambda request, n: Workbench(
+            self.bundle, self.datasets["train"], request, batch_size=n, targets=cfg.targets, device=self.device,
+            progress=False), refs, self.metrics)
+        n = {split: len(ds) for split, ds in self.datasets.items()}
+        extra = n["val"] if cfg.no_worse_than else 0
+        if cfg.sanity != "off":  # the sanity captures of the validation images: trained, each step, other class
+            extra += min(cfg.sanity_images, n["val"]) * (len(self.bundle.stage_layers or []) + 3)
+        rows = cfg.pool + cfg.max_size if len(self.metrics) == 1 else max(cfg.pool, 20)
+        return FinalCost(capture_per_image=train_seconds / max(1, n["train"]) * ratio,
+                         references_per_image=refs_per_image,
+                         row_per_image=refs_per_image / max(1, len(refs)), train=n["train"], val=n["val"],
+                         test=n["test"], overlay=min(cfg.batch_size, n["test"]), rows=rows, extra_captures=extra)
 
     # ------------------------------------------------------------------ selection and outputs
     def _rows_from_trials(self, trials) -> list[Row]:

@@ -1,0 +1,277 @@
+"""The search loop's scoring: every candidate, enumerated or sampled by Optuna, races the rungs
+of :mod:`sycam.search.racing`, and each value it gets is computed once.
+
+* A candidate is fingerprinted by its maps on the first chunk of rung 0 (rounded to 1/100,
+  :func:`sycam.search.enumerate.map_key`) and its parameters; candidates with the same fingerprint
+  share their values at every rung (CAM metrics cannot tell them apart).
+* The enumerator's programs are raced in arrival order by :class:`sycam.search.racing.Race`;
+  each value is appended to a journal (one JSON line per program and rung), so a killed run
+  resumes without scoring anything twice.
+* Optuna's trials report their rung values (``trial.report(value, step=η^k)``) and Optuna's
+  :class:`~optuna.pruners.SuccessiveHalvingPruner` stops the ones outside the best ``1/η``; a trial
+  that completes returns its exact value. Multi-objective studies cannot prune (Optuna reports
+  intermediate values for one objective only): their trials are scored exactly.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import optuna
+
+from sycam.capture import CaptureRequest
+from sycam.compile import CompiledProgram
+from sycam.errors import ProgramRuntimeError
+from sycam.lang import ast as A
+from sycam.search.enumerate import map_key
+from sycam.search.racing import ETA, Race, RungBench
+from sycam.search.study import Candidate
+from sycam.workbench import CachedBatch, Workbench, merge_requests
+
+EXACT = "exact"
+
+
+class Journal:
+    """Values of enumerated programs at each rung, one JSON line each, appended as they are
+    computed (a killed run loses at most the candidate in flight). A line without a rung is an
+    exact value (journals written before racing)."""
+
+    def __init__(self, path: Path, metrics) -> None:
+        self.path = path
+        self.names = [m.name for m in metrics]
+        self.values: dict[tuple[str, str], tuple[float, ...]] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a kill: recompute that candidate
+                    continue
+                if row.get("metrics") == self.names:
+                    self.values[(row["program"], row.get("rung", EXACT))] = tuple(float(v) for v in row["values"])
+        self._file = open(path, "a", encoding="utf-8")
+
+    def get(self, program: str, rung: str = EXACT) -> tuple[float, ...] | None:
+        return self.values.get((program, rung))
+
+    def add(self, program: str, values: tuple[float, ...], rung: str = EXACT) -> None:
+        self.values[(program, rung)] = values
+        self._file.write(json.dumps({"program": program, "rung": rung, "metrics": self.names, "values": list(values)})
+                         + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass
+class LoopStats:
+    raced: int = 0  # candidates that entered the race in this process (scored at rung 0)
+    scored: int = 0  # exact scores computed in this process
+    per_rung: list[int] = field(default_factory=list)  # scores computed in this process, by rung
+    observational_duplicates: int = 0
+    invalid: int = 0
+    from_journal: int = 0  # (program, rung) values read back from the journal
+    pruned: int = 0  # Optuna trials stopped by the pruner
+    exact_seconds: float = 0.0  # time spent on exact scores (for the final phase's estimate)
+    exact_images: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Cand:
+    program: A.Program
+    text: str
+    params: dict[str, float]
+    compiled: CompiledProgram | None = None
+    values: dict[int, tuple[float, ...]] | None = None  # the shared entry, once fingerprinted
+    first: object = None  # rung 0's first maps, kept until rung 0 is scored
+
+
+class Racer:
+    """Scores candidates at rungs, once per fingerprint, counting what it does."""
+
+    def __init__(self, rungs: RungBench, metrics: Sequence, eta: int = ETA, racing: bool = True) -> None:
+        self.bench = rungs
+        self.metrics = list(metrics)
+        self.eta = eta
+        self.n_rungs = len(rungs.rungs)
+        self.stats = LoopStats(per_rung=[0] * self.n_rungs)
+        self.entries: dict[bytes, dict[int, tuple[float, ...]]] = {}
+        self.by_memo: dict[str, dict[int, tuple[float, ...]]] = {}  # Optuna memo key -> entry
+        self.signs = tuple(1 if m.higher_is_better else -1 for m in self.metrics)
+        self.on_exact: Callable[[tuple[float, ...]], None] | None = None
+
+    @property
+    def exact_rung(self) -> int:
+        return self.n_rungs - 1
+
+    def exact_seconds_per_image(self) -> float | None:
+        s = self.stats
+        return s.exact_seconds / s.exact_images if s.exact_images else None
+
+    def _compiled(self, cand: _Cand) -> CompiledProgram:
+        if cand.compiled is None:
+            cand.compiled = self.bench.bench.compile(cand.program)
+        return cand.compiled
+
+    def values_at(self, cand: _Cand, k: int) -> tuple[float, ...]:
+        """The candidate's values at rung ``k``: from its fingerprint's entry, else computed.
+        ProgramRuntimeError propagates (an invalid program)."""
+        compiled = self._compiled(cand)
+        if cand.values is None:
+            cand.first = self.bench.first_maps(compiled, cand.params)
+            key = map_key(cand.first) + repr(sorted(cand.params.items())).encode()
+            if key in self.entries:
+                self.stats.observational_duplicates += 1
+                cand.first = None
+            cand.values = self.entries.setdefault(key, {})
+        hit = cand.values.get(k)
+        if hit is not None:
+            return hit
+        t0 = time.perf_counter()
+        values = self.bench.score(compiled, k, cand.params, first=cand.first if k == 0 else None)
+        if k == 0:
+            cand.first = None
+        cand.values[k] = values
+        self.stats.per_rung[k] += 1
+        if k == 0:
+            self.stats.raced += 1
+        if k == self.exact_rung:
+            self.stats.scored += 1
+            self.stats.exact_seconds += time.perf_counter() - t0
+            self.stats.exact_images += self.bench.n
+            if self.on_exact is not None:
+                self.on_exact(values)
+        return values
+
+    # ---------------------------------------------------------------- the enumerator's programs
+    def race_list(self, programs: Iterable[tuple[A.Program, str, object]], journal: Journal,
+                  stop: Callable[[], bool], limit: int | None = None,
+                  on_new: Callable[[], None] | None = None) -> list[tuple[tuple[float, ...], object, str]]:
+        """Race ``programs`` ((program, text, payload) in order: the smallest first), new ones
+        entering only when no candidate awaits promotion; ``stop()`` is asked before each score,
+        ``limit`` bounds how many enter (with a limit and no stop, no clock is involved). Returns
+        (exact values, payload, text) of those that reached the exact rung, in arrival order."""
+        race = Race(self.n_rungs, self.signs, self.eta)
+        cands: list[tuple[_Cand, object]] = []
+        source = iter(programs)
+        labels = [r.label for r in self.bench.rungs]
+        exhausted = False
+        while not stop():
+            job = race.next_promotion()
+            if job is None:
+                if exhausted or (limit is not None and len(cands) >= limit):
+                    break
+                nxt = next(source, None)
+                if nxt is None:
+                    exhausted = True
+                    continue
+                program, text, payload = nxt
+                cands.append((_Cand(program, text, {}), payload))
+                job = (len(cands) - 1, 0)
+                if on_new is not None:
+                    on_new()
+            index, k = job
+            cand, _ = cands[index]
+            values = journal.get(cand.text, labels[k])
+            if values is not None:
+                self.stats.from_journal += 1
+            else:
+                try:
+                    values = self.values_at(cand, k)
+                except ProgramRuntimeError:
+                    self.stats.invalid += 1
+                    values = tuple(math.nan for _ in self.metrics)
+                journal.add(cand.text, values, labels[k])
+            race.tell(index, k, values, group=A.size(cand.program.body))
+        exact = race.at(self.exact_rung)
+        return [(exact[i], cands[i][1], cands[i][0].text) for i in sorted(exact)]
+
+    # ---------------------------------------------------------------- Optuna's trials
+    def prime(self, study: optuna.Study) -> None:
+        """Remember the rung values of the study's pruned trials (a resumed study re-samples them
+        without scoring them again)."""
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)):
+            key = t.user_attrs.get("memo_key")
+            if key and t.intermediate_values and len(self.metrics) == 1:
+                self.by_memo[key] = {k: (t.intermediate_values[self.eta ** k],) for k in range(self.n_rungs - 1)
+                                     if self.eta ** k in t.intermediate_values}
+
+    def evaluate_trial(self, cand: Candidate, trial: optuna.trial.Trial | None) -> tuple[float, ...]:
+        """Race one trial: report each partial rung and let the pruner decide; the exact values
+        of a trial that goes the distance (at once without a trial or with several metrics)."""
+        c = _Cand(cand.program, cand.text, dict(cand.params))
+        memo = cand.canon + "|" + ",".join(f"{k}={v:.6g}" for k, v in sorted(cand.params.items()))
+        if memo in self.by_memo:
+            c.values = self.by_memo[memo]
+        if trial is not None and len(self.metrics) == 1:
+            for k in range(self.n_rungs - 1):
+                values = self.values_at(c, k)
+                self.by_memo[memo] = c.values  # type: ignore[assignment]
+                if math.isnan(values[0]):
+                    raise optuna.TrialPruned("metric undefined on the rung's images")
+                trial.report(values[0], step=self.eta ** k)
+                if trial.should_prune():
+                    self.stats.pruned += 1
+                    raise optuna.TrialPruned(f"pruned at rung {k}")
+        values = self.values_at(c, self.exact_rung)
+        self.by_memo[memo] = c.values  # type: ignore[assignment]
+        return values
+
+
+def _covers(caps, request: CaptureRequest) -> bool:
+    return (all(layer in caps.A for layer in request.layers) and all(layer in caps.G for layer in request.grad_layers)
+            and all(layer in caps.S for layer in request.score_cam_layers)
+            and all(layer in caps.D for layer in request.ablation_layers))
+
+
+def _seconds_to_score(programs: Sequence[CompiledProgram], bench: Workbench, cb: CachedBatch, metrics) -> float:
+    t0 = time.perf_counter()
+    for c in programs:
+        params = c.param_values()
+        try:
+            maps = c(cb.caps, params)
+        except ProgramRuntimeError:
+            continue
+        for m in metrics:
+            m(bench.metric_inputs(cb, maps, m, c, params))
+    return time.perf_counter() - t0
+
+
+def probe_costs(train: Workbench, make_bench: Callable[[CaptureRequest, int], Workbench],
+                references: Sequence[CompiledProgram], metrics: Sequence, n: int = 8) -> tuple[float, float]:
+    """For the final phase's plan: (capture time for the union of the train request and the
+    references' requests) / (time for the train request alone), at least 1, and the seconds per
+    image to score every reference with ``metrics``. References the train captures serve are timed
+    on the first cached train batch; the others on ``n`` train images captured for the union
+    (per image, a small batch costs more: an overestimate)."""
+    covered = [c for c in references if _covers(train.batches[0].caps, c.request)]
+    others = [c for c in references if c not in covered]
+    first = train.batches[0]
+    per_image = _seconds_to_score(covered, train, first, metrics) / len(first.targets)
+    ratio = 1.0
+    if others:
+        t0 = time.perf_counter()
+        next(iter(make_bench(train.request, n).iter_batches()))
+        t_search = time.perf_counter() - t0
+        bench = make_bench(merge_requests([train.request] + [c.request for c in others]), n)
+        t0 = time.perf_counter()
+        cb = CachedBatch(*next(iter(bench.iter_batches())))
+        ratio = max(1.0, (time.perf_counter() - t0) / max(t_search, 1e-9))
+        per_image += _seconds_to_score(others, bench, cb, metrics) / len(cb.targets)
+    return ratio, per_image
+
+
+def pruner(eta: int = ETA) -> optuna.pruners.BasePruner:
+    """Optuna's successive halving on the rungs: rung k reports at step η^k, so its promotion
+    step is ``min_resource · η^k`` with ``min_resource = 1``."""
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=eta, min_early_stopping_rate=0)
+
+
+__all__ = ["Journal", "LoopStats", "Racer", "probe_costs", "pruner"]
