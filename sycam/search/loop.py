@@ -1,9 +1,10 @@
 """The search loop's scoring: every candidate, enumerated or sampled by Optuna, races the rungs
 of :mod:`sycam.search.racing`, and each value it gets is computed once.
 
-* A candidate is fingerprinted by its maps on the first chunk of rung 0 (rounded to 1/100,
-  :func:`sycam.search.enumerate.map_key`) and its parameters; candidates with the same fingerprint
-  share their values at every rung (CAM metrics cannot tell them apart).
+* Observational duplicates share their values at every rung (CAM metrics cannot tell them
+  apart): candidates whose maps on the first chunk of rung 0 agree (rounded to 1/100,
+  :func:`sycam.search.enumerate.map_key`), with the same parameters, are compared on the
+  full-size probe (the first 16 train images), as the search did before racing.
 * The enumerator's programs are raced in arrival order by :class:`sycam.search.racing.Race`;
   each value is appended to a journal (one JSON line per program and rung), so a killed run
   resumes without scoring anything twice.
@@ -28,11 +29,12 @@ from sycam.compile import CompiledProgram
 from sycam.errors import ProgramRuntimeError
 from sycam.lang import ast as A
 from sycam.search.enumerate import map_key
-from sycam.search.racing import ETA, Race, RungBench
+from sycam.search.racing import ETA, RungBench, promote
 from sycam.search.study import Candidate
 from sycam.workbench import CachedBatch, Workbench, merge_requests
 
 EXACT = "exact"
+HEAD = 10  # the first candidates of a list go through every rung: always scored exactly, they time the rungs
 
 
 class Journal:
@@ -76,7 +78,7 @@ class LoopStats:
     invalid: int = 0
     from_journal: int = 0  # (program, rung) values read back from the journal
     pruned: int = 0  # Optuna trials stopped by the pruner
-    exact_seconds: float = 0.0  # time spent on exact scores (for the final phase's estimate)
+    rung_seconds: list[float] = field(default_factory=list)  # time spent scoring, by rung
     exact_images: int = 0
 
     def as_dict(self) -> dict[str, object]:
@@ -91,6 +93,7 @@ class _Cand:
     compiled: CompiledProgram | None = None
     values: dict[int, tuple[float, ...]] | None = None  # the shared entry, once fingerprinted
     first: object = None  # rung 0's first maps, kept until rung 0 is scored
+    probe_key: bytes | None = None  # fingerprint of the maps on the full-size probe, when needed
 
 
 class Racer:
@@ -101,8 +104,8 @@ class Racer:
         self.metrics = list(metrics)
         self.eta = eta
         self.n_rungs = len(rungs.rungs)
-        self.stats = LoopStats(per_rung=[0] * self.n_rungs)
-        self.entries: dict[bytes, dict[int, tuple[float, ...]]] = {}
+        self.stats = LoopStats(per_rung=[0] * self.n_rungs, rung_seconds=[0.0] * self.n_rungs)
+        self.suspects: dict[bytes, list[_Cand]] = {}  # rung-0 fingerprint -> candidates with it
         self.by_memo: dict[str, dict[int, tuple[float, ...]]] = {}  # Optuna memo key -> entry
         self.signs = tuple(1 if m.higher_is_better else -1 for m in self.metrics)
         self.on_exact: Callable[[tuple[float, ...]], None] | None = None
@@ -113,7 +116,25 @@ class Racer:
 
     def exact_seconds_per_image(self) -> float | None:
         s = self.stats
-        return s.exact_seconds / s.exact_images if s.exact_images else None
+        return s.rung_seconds[-1] / s.exact_images if s.exact_images else None
+
+    def _twin(self, cand: _Cand, low: bytes) -> _Cand | None:
+        """An earlier candidate observationally equal to ``cand``, or None (then ``cand`` is
+        remembered). Equal rung-0 maps (a few images at low resolution) only make two candidates
+        suspects; they are twins when their maps on the probe (the first 16 train images at full
+        size, as before racing) agree too, to 1/100."""
+        suspects = self.suspects.setdefault(low, [])
+        for other in suspects:
+            if self._probe_key(other) == self._probe_key(cand):
+                return other
+        suspects.append(cand)
+        return None
+
+    def _probe_key(self, cand: _Cand) -> bytes:
+        if cand.probe_key is None:
+            maps = self.bench.probe_maps(self._compiled(cand), cand.params)
+            cand.probe_key = map_key(maps) + repr(sorted(cand.params.items())).encode()
+        return cand.probe_key
 
     def _compiled(self, cand: _Cand) -> CompiledProgram:
         if cand.compiled is None:
@@ -123,28 +144,33 @@ class Racer:
     def values_at(self, cand: _Cand, k: int) -> tuple[float, ...]:
         """The candidate's values at rung ``k``: from its fingerprint's entry, else computed.
         ProgramRuntimeError propagates (an invalid program)."""
+        t0 = time.perf_counter()
         compiled = self._compiled(cand)
         if cand.values is None:
             cand.first = self.bench.first_maps(compiled, cand.params)
-            key = map_key(cand.first) + repr(sorted(cand.params.items())).encode()
-            if key in self.entries:
+            low = map_key(cand.first) + repr(sorted(cand.params.items())).encode()
+            if self.bench.rungs[0].exact:  # the first maps are the probe's
+                cand.probe_key = low
+            twin = self._twin(cand, low)
+            if twin is not None:
                 self.stats.observational_duplicates += 1
                 cand.first = None
-            cand.values = self.entries.setdefault(key, {})
+                cand.values = twin.values
+            else:
+                cand.values = {}
         hit = cand.values.get(k)
         if hit is not None:
             return hit
-        t0 = time.perf_counter()
         values = self.bench.score(compiled, k, cand.params, first=cand.first if k == 0 else None)
         if k == 0:
             cand.first = None
         cand.values[k] = values
         self.stats.per_rung[k] += 1
+        self.stats.rung_seconds[k] += time.perf_counter() - t0
         if k == 0:
             self.stats.raced += 1
         if k == self.exact_rung:
             self.stats.scored += 1
-            self.stats.exact_seconds += time.perf_counter() - t0
             self.stats.exact_images += self.bench.n
             if self.on_exact is not None:
                 self.on_exact(values)
@@ -153,32 +179,39 @@ class Racer:
     # ---------------------------------------------------------------- the enumerator's programs
     def race_list(self, programs: Iterable[tuple[A.Program, str, object]], journal: Journal,
                   stop: Callable[[], bool], limit: int | None = None,
-                  on_new: Callable[[], None] | None = None) -> list[tuple[tuple[float, ...], object, str]]:
-        """Race ``programs`` ((program, text, payload) in order: the smallest first), new ones
-        entering only when no candidate awaits promotion; ``stop()`` is asked before each score,
-        ``limit`` bounds how many enter (with a limit and no stop, no clock is involved). Returns
-        (exact values, payload, text) of those that reached the exact rung, in arrival order."""
-        race = Race(self.n_rungs, self.signs, self.eta)
+                  admit: Callable[[list[float | None], int, int], int] | None = None,
+                  on_new: Callable[[], None] | None = None, head: int = HEAD) -> list[tuple[tuple[float, ...], object, str]]:
+        """Race ``programs`` ((program, text, payload), the smallest first) rung by rung.
+
+        The first ``head`` go through every rung at once: they are always scored exactly, and they
+        measure what each rung costs. ``admit(costs, entered, groups)`` (seconds per candidate at
+        each rung, None where unmeasured; candidates entered so far; program sizes seen) then says
+        how many candidates may enter in all, asked again every 32 entries; ``limit`` bounds it too.
+        They are scored on rung 0 in order, and each rung's :func:`~sycam.search.racing.promote`
+        goes on to the next. ``stop()`` is asked before every score: once it says stop, no new
+        candidate enters and the best ``η`` of the last complete rung are scored exactly (so a race
+        cut short by the clock still ends with its leaders exact). Without ``admit`` and ``stop``
+        no clock is involved. Returns (exact values, payload, text) of the candidates scored
+        exactly, by candidate number."""
         cands: list[tuple[_Cand, object]] = []
-        source = iter(programs)
+        sizes: dict[int, int] = {}
+        vals: list[dict[int, tuple[float, ...]]] = [{} for _ in range(self.n_rungs)]
         labels = [r.label for r in self.bench.rungs]
-        exhausted = False
-        while not stop():
-            job = race.next_promotion()
-            if job is None:
-                if exhausted or (limit is not None and len(cands) >= limit):
-                    break
-                nxt = next(source, None)
-                if nxt is None:
-                    exhausted = True
-                    continue
-                program, text, payload = nxt
-                cands.append((_Cand(program, text, {}), payload))
-                job = (len(cands) - 1, 0)
-                if on_new is not None:
-                    on_new()
-            index, k = job
-            cand, _ = cands[index]
+        source = iter(programs)
+
+        def enter() -> int | None:
+            nxt = next(source, None)
+            if nxt is None:
+                return None
+            program, text, payload = nxt
+            cands.append((_Cand(program, text, {}), payload))
+            sizes[len(cands) - 1] = A.size(program.body)
+            if on_new is not None:
+                on_new()
+            return len(cands) - 1
+
+        def run(i: int, k: int) -> tuple[float, ...]:
+            cand = cands[i][0]
             values = journal.get(cand.text, labels[k])
             if values is not None:
                 self.stats.from_journal += 1
@@ -189,9 +222,48 @@ class Racer:
                     self.stats.invalid += 1
                     values = tuple(math.nan for _ in self.metrics)
                 journal.add(cand.text, values, labels[k])
-            race.tell(index, k, values, group=A.size(cand.program.body))
-        exact = race.at(self.exact_rung)
+            vals[k][i] = values
+            return values
+
+        cap = limit if limit is not None else math.inf
+        while len(cands) < min(head, cap):  # the head: every rung at once
+            i = enter()
+            if i is None:
+                break
+            for k in range(self.n_rungs):
+                if any(math.isnan(v) for v in run(i, k)):
+                    break
+        bound, n_head = cap, len(cands)
+        while len(cands) < cap and not stop():  # rung 0, in order
+            if admit is not None and (len(cands) - n_head) % 32 == 0:
+                cap = min(bound, max(len(cands), admit(self.seconds_per_candidate(), len(cands), len(set(sizes.values())))))
+                if len(cands) >= cap:
+                    break
+            i = enter()
+            if i is None:
+                break
+            run(i, 0)
+        cut = False
+        for k in range(self.n_rungs - 1):
+            for i in promote(vals[k], self.signs, self.eta, sizes):
+                if i in vals[k + 1]:
+                    continue
+                if stop():
+                    cut = True
+                    break
+                run(i, k + 1)
+            if cut:
+                # the clock ran out: the leaders of the last complete rung still get their exact score
+                for i in promote(vals[k], self.signs, self.eta)[: self.eta]:
+                    if i not in vals[-1]:
+                        run(i, self.n_rungs - 1)
+                break
+        exact = vals[-1]
         return [(exact[i], cands[i][1], cands[i][0].text) for i in sorted(exact)]
+
+    def seconds_per_candidate(self) -> list[float | None]:
+        """Mean seconds one score took at each rung in this process (None: none computed yet)."""
+        return [s / n if n else None for s, n in zip(self.stats.rung_seconds, self.stats.per_rung)]
 
     # ---------------------------------------------------------------- Optuna's trials
     def prime(self, study: optuna.Study) -> None:

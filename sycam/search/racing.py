@@ -6,11 +6,11 @@ at a reduced resolution. The best fraction ``1/η`` of the candidates at a rung 
 next rung (``η`` times more images); the last rung is the exact score: every train image at the
 input resolution, computed by :meth:`sycam.workbench.Workbench.score` exactly as without racing.
 This is successive halving (Jamieson & Talwalkar, "Non-stochastic best arm identification and
-hyperparameter optimization", AISTATS 2016) in its asynchronous form, which promotes as soon as a
-candidate is in the top ``1/η`` of the candidates its rung has seen so far, so it needs no fixed
-number of candidates (ASHA: Li et al., "A system for massively parallel hyperparameter tuning",
-MLSys 2020). Optuna's trials race the same rungs through ``trial.report`` and Optuna's own
-:class:`optuna.pruners.SuccessiveHalvingPruner` (see :func:`race_trial`).
+hyperparameter optimization", AISTATS 2016): the enumerator's list is raced rung by rung
+(:func:`promote`), as many candidates entering as the budget allows (:func:`admissible`).
+Optuna's trials, which arrive one at a time, race the same rungs through ``trial.report`` and
+Optuna's :class:`optuna.pruners.SuccessiveHalvingPruner`, the asynchronous form (ASHA: Li et al.,
+"A system for massively parallel hyperparameter tuning", MLSys 2020; :mod:`sycam.search.loop`).
 
 What a rung computes differs from the exact score only by the subset and the resolution: the
 same compiled program and the same metric objects. At a reduced side ``s`` a program's map is
@@ -22,10 +22,9 @@ pixels) and every metric that runs the model (deletion, insertion, ...) race on 
 """
 from __future__ import annotations
 
-import bisect
 import math
-from dataclasses import dataclass, field
-from typing import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Hashable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -133,10 +132,15 @@ class RungBench:
             self._chunks.append([_view(sub, i, min(i + chunk, r.images), r.side) for i in range(0, r.images, chunk)])
 
     def first_maps(self, compiled: CompiledProgram, params=None):
-        """The maps of the first chunk of rung 0 (what an observational fingerprint is taken of)."""
-        if self.rungs[0].exact:  # no partial rung: the first 16 images, as a probe
-            return compiled(_head(self.bench.batches[0].caps, 16), params)
+        """The maps of the first chunk of rung 0 (a cheap fingerprint); without partial rungs,
+        :meth:`probe_maps`."""
+        if self.rungs[0].exact:
+            return self.probe_maps(compiled, params)
         return compiled(self._chunks[0][0].caps, params)
+
+    def probe_maps(self, compiled: CompiledProgram, params=None):
+        """The maps of the first 16 train images at full size (the search's observational probe)."""
+        return compiled(_head(self.bench.batches[0].caps, 16), params)
 
     def score(self, compiled: CompiledProgram, k: int, params=None, first=None) -> tuple[float, ...]:
         """Mean value of each metric at rung ``k``; ``first``: the maps :meth:`first_maps` gave
@@ -204,82 +208,42 @@ def _rank_key(values: tuple[float, ...], metric: int, sign: int, index: int) -> 
     return (math.inf if math.isnan(v) else -sign * v, index)
 
 
-@dataclass
-class Race:
-    """Asynchronous successive halving over candidates numbered 0, 1, 2, ... in arrival order.
+def promote(values: Mapping[int, tuple[float, ...]], signs: Sequence[int], eta: int = ETA,
+            groups: Mapping[int, Hashable] | None = None) -> list[int]:
+    """The candidates of one rung that go on to the next, best first (on the first metric).
 
-    ``signs``: +1 where a metric is better higher, -1 where lower. A candidate that reached rung
-    ``k`` (not the last) is promotable when, among the candidates that reached ``k`` so far, it is
-    in the top ``⌊n_k/η⌋`` on some metric, or it is the best of its group (``group``: its program
-    size, so that the hall of fame's smallest programs are scored exactly too). NaN ranks last and
-    is never promoted. Ties go to the earlier candidate, so the race is deterministic: the same
-    values in the same order give the same promotions.
+    ``values``: candidate -> its metric values at this rung; ``signs``: +1 where a metric is better
+    higher, -1 where lower. Promoted: the top ``⌊n/η⌋`` of the ``n`` candidates on each metric, and
+    the best of each group (``groups``: candidate -> its program size, so that the hall of fame's
+    smallest programs are scored exactly too). NaN ranks last and is never promoted; ties go to the
+    smaller candidate number, so the same values always give the same promotions.
     """
-
-    n_rungs: int
-    signs: tuple[int, ...]
-    eta: int = ETA
-    values: list[dict[int, tuple[float, ...]]] = field(default_factory=list)
-    promoted: list[set[int]] = field(default_factory=list)
-    _sorted: list[list[list[tuple[float, int]]]] = field(default_factory=list)
-    _best_of_group: list[dict[Hashable, tuple[tuple[float, int], int]]] = field(default_factory=list)
-    group: dict[int, Hashable] = field(default_factory=dict)
-    dropped: set[int] = field(default_factory=set)
-
-    def __post_init__(self) -> None:
-        if self.n_rungs < 1 or self.eta < 2:
-            raise ValueError(f"race: n_rungs >= 1 and eta >= 2, got {self.n_rungs}, {self.eta}")
-        self.values = [{} for _ in range(self.n_rungs)]
-        self.promoted = [set() for _ in range(self.n_rungs)]
-        self._sorted = [[[] for _ in self.signs] for _ in range(self.n_rungs)]
-        self._best_of_group = [{} for _ in range(self.n_rungs)]
-
-    def tell(self, cand: int, rung: int, values: tuple[float, ...], group: Hashable = None) -> None:
-        """Candidate ``cand`` scored ``values`` at ``rung`` (a NaN anywhere: it stops here)."""
-        if cand in self.values[rung]:
-            raise ValueError(f"race: candidate {cand} was already told at rung {rung}")
-        if rung > 0 and cand not in self.promoted[rung - 1]:
-            raise ValueError(f"race: candidate {cand} reached rung {rung} without being promoted")
-        if group is not None:
-            self.group[cand] = group
-        self.values[rung][cand] = values
-        if any(math.isnan(v) for v in values):
-            self.dropped.add(cand)
-            return
-        for i, sign in enumerate(self.signs):
-            bisect.insort(self._sorted[rung][i], _rank_key(values, i, sign, cand))
-        g = self.group.get(cand)
-        if g is not None:
-            key = _rank_key(values, 0, self.signs[0], cand)
-            best = self._best_of_group[rung].get(g)
-            if best is None or key < best[0]:
-                self._best_of_group[rung][g] = (key, cand)
-
-    def promotable(self, rung: int) -> list[int]:
-        """Candidates at ``rung`` that qualify for ``rung + 1`` and were not promoted yet, best first."""
-        if rung >= self.n_rungs - 1:
-            return []
-        top = len(self.values[rung]) // self.eta
-        chosen = {key[1] for ranked in self._sorted[rung] for key in ranked[:top]}
-        chosen |= {cand for _, cand in self._best_of_group[rung].values()}
-        chosen -= self.promoted[rung]
-        return sorted(chosen, key=lambda c: _rank_key(self.values[rung][c], 0, self.signs[0], c))
-
-    def next_promotion(self) -> tuple[int, int] | None:
-        """(candidate, rung to score it at) for the highest rung with a promotable candidate, marking
-        it promoted; None when no candidate qualifies (then a new one should enter rung 0)."""
-        for rung in range(self.n_rungs - 2, -1, -1):
-            ready = self.promotable(rung)
-            if ready:
-                self.promoted[rung].add(ready[0])
-                return ready[0], rung + 1
-        return None
-
-    def at(self, rung: int) -> dict[int, tuple[float, ...]]:
-        return self.values[rung]
-
-    def counts(self) -> list[int]:
-        return [len(v) for v in self.values]
+    if eta < 2:
+        raise ValueError(f"promote: eta must be >= 2, got {eta}")
+    valid = [c for c, v in values.items() if not any(math.isnan(x) for x in v)]
+    top = len(values) // eta
+    chosen: set[int] = set()
+    for i, sign in enumerate(signs):
+        chosen.update(sorted(valid, key=lambda c: _rank_key(values[c], i, sign, c))[:top])
+    if groups is not None:
+        best: dict[Hashable, int] = {}
+        for c in sorted(valid, key=lambda c: _rank_key(values[c], 0, signs[0], c)):
+            best.setdefault(groups[c], c)
+        chosen.update(best.values())
+    return sorted(chosen, key=lambda c: _rank_key(values[c], 0, signs[0], c))
 
 
-__all__ = ["RESOLUTION_FREE", "Race", "Rung", "RungBench", "reduced_side", "schedule"]
+def admissible(costs: Sequence[float], seconds: float, eta: int = ETA, groups: int = 0, entered: int = 0) -> int:
+    """How many candidates can enter a race of rungs costing ``costs[k]`` seconds per candidate
+    and still finish within ``seconds``, when ``entered`` are already scored on rung 0: n enter
+    rung 0 and ``n/η^k + groups`` reach rung k, so what is left costs
+    ``(n − entered)·costs[0] + Σ_{k≥1} costs[k]·(n/η^k + groups)``; the largest such n, never
+    fewer than ``entered``."""
+    fixed = sum(costs[1:]) * groups - entered * costs[0]
+    per = sum(c / eta ** k for k, c in enumerate(costs))
+    if per <= 0:
+        raise ValueError(f"admissible: rung costs must be positive, got {list(costs)}")
+    return max(entered, int((seconds - fixed) / per))
+
+
+__all__ = ["RESOLUTION_FREE", "Rung", "RungBench", "admissible", "promote", "reduced_side", "schedule"]

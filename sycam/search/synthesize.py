@@ -36,7 +36,7 @@ from sycam.search.hall import (MIN_VAL_IMAGES, Row, distinct_structures, fmt, in
                                pareto_front)
 from sycam.search.report import format_front, format_hall  # noqa: F401  (re-exported)
 from sycam.search.loop import Journal, Racer, probe_costs, pruner
-from sycam.search.racing import Rung, RungBench, schedule
+from sycam.search.racing import Rung, RungBench, admissible, schedule
 from sycam.search.sanity import CHECKS, SanityBench, failures
 from sycam.search.space import Derivation, derive
 from sycam.search.study import Candidate, Objective, completed, enqueue, open_storage, open_study, record
@@ -251,13 +251,16 @@ class Synthesis:
             with clock.phase("race"):
                 journal = Journal(self.out / "enumerated.jsonl", self.metrics)
                 race_end = search_start + 0.7 * window
-                if cfg.candidates:
-                    stop = lambda: False  # noqa: E731
-                else:  # the ten smallest always enter, and one program is always scored exactly
-                    stop = lambda: (clock.now() > race_end and n_done[0] >= 10  # noqa: E731
-                                    and racer.stats.scored + racer.stats.from_journal > 0)
+                stop, admit = (lambda: False), None  # with --candidates: no clock
+                if not cfg.candidates:  # as many enter as the race's share of the budget allows
+                    stop = lambda: clock.now() > race_end  # noqa: E731
+
+                    def admit(costs: list[float | None], entered: int, groups: int) -> int:
+                        if any(c is None for c in costs):  # not measured (read from the journal): the clock decides
+                            return len(derivs)
+                        return admissible(costs, race_end - clock.now(), racer.eta, groups, entered)
                 programs = ((d.program(), pretty(d.program()), d) for d in derivs)
-                scored_enum = racer.race_list(programs, journal, stop, limit=cfg.candidates, on_new=entered)
+                scored_enum = racer.race_list(programs, journal, stop, limit=cfg.candidates, admit=admit, on_new=entered)
                 journal.close()
                 self._record_enumerated(study, scored_enum, sign, constraints)
         # 2. Optuna: the reference programs of the space are queued first, then TPE over the grammar;
