@@ -160,7 +160,7 @@ def test_racing_keeps_the_exhaustive_best_on_a_fixed_list(builtin_train, tmp_pat
     for values, i, _ in out:
         assert values[0] == exhaustive[i] or (math.isnan(values[0]) and math.isnan(exhaustive[i]))
     # and the race paid full price for a small share of the candidates
-    assert racer.stats.per_rung[0] + racer.stats.invalid == n and racer.stats.scored < n / 4
+    assert racer.stats.per_rung[0] + racer.stats.invalid == n and racer.stats.exact < n / 4
 
 
 def test_a_rerun_with_the_journal_scores_nothing_and_decides_the_same(builtin_train, tmp_path):
@@ -224,4 +224,4 @@ def test_optuna_trials_race_with_the_successive_halving_pruner(tmp_path, monkeyp
         exact = mean_score(train.score(train.compile(parse(t.user_attrs["program"])), [IOU],
                                        {k[6:]: v for k, v in t.params.items() if k.startswith("param:")})["iou"])
         assert t.values[0] == exact
-    assert racer.stats.pruned >= 1 and racer.stats.scored <= len(done)
+    assert racer.stats.pruned >= 1 and racer.stats.exact <= len(done)

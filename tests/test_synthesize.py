@@ -80,7 +80,7 @@ def test_racing_run_reports_exact_train_scores_and_phases(tmp_path, tiny_on_path
     result = synthesis.run()
     stats = result["stats"]
     assert stats["rungs"] == ["16img@32", "48img@32", "exact"]
-    assert stats["per_rung"][0] > stats["per_rung"][1] > stats["per_rung"][2] == stats["scored"] > 0
+    assert stats["scored"] == stats["per_rung"][0] > stats["per_rung"][1] > stats["per_rung"][2] == stats["exact"] > 0
     assert stats["candidates"] == 60
     phases = stats["phases"]
     assert set(phases["seconds"]) == {"load", "capture", "enumerate", "race", "optuna", "final"}

@@ -5,9 +5,9 @@ of :mod:`sycam.search.racing`, and each value it gets is computed once.
   apart): candidates whose maps on the first chunk of rung 0 agree (rounded to 1/100,
   :func:`sycam.search.enumerate.map_key`), with the same parameters, are compared on the
   full-size probe (the first 16 train images), as the search did before racing.
-* The enumerator's programs are raced in arrival order by :class:`sycam.search.racing.Race`;
-  each value is appended to a journal (one JSON line per program and rung), so a killed run
-  resumes without scoring anything twice.
+* The enumerator's programs race rung by rung (:meth:`Racer.race_list`); each value is appended
+  to a journal (one JSON line per program and rung), so a killed run resumes without scoring
+  anything twice.
 * Optuna's trials report their rung values (``trial.report(value, step=η^k)``) and Optuna's
   :class:`~optuna.pruners.SuccessiveHalvingPruner` stops the ones outside the best ``1/η``; a trial
   that completes returns its exact value. Multi-objective studies cannot prune (Optuna reports
@@ -71,8 +71,8 @@ class Journal:
 
 @dataclass
 class LoopStats:
-    raced: int = 0  # candidates that entered the race in this process (scored at rung 0)
-    scored: int = 0  # exact scores computed in this process
+    scored: int = 0  # candidates scored in this process (at rung 0, the first of their race)
+    exact: int = 0  # of them, scored exactly too (every train image at full size)
     per_rung: list[int] = field(default_factory=list)  # scores computed in this process, by rung
     observational_duplicates: int = 0
     invalid: int = 0
@@ -168,9 +168,9 @@ class Racer:
         self.stats.per_rung[k] += 1
         self.stats.rung_seconds[k] += time.perf_counter() - t0
         if k == 0:
-            self.stats.raced += 1
-        if k == self.exact_rung:
             self.stats.scored += 1
+        if k == self.exact_rung:
+            self.stats.exact += 1
             self.stats.exact_images += self.bench.n
             if self.on_exact is not None:
                 self.on_exact(values)

@@ -234,7 +234,7 @@ class Synthesis:
             if not math.isnan(v) and (best["value"] is None or sign * v > sign * best["value"]):
                 best["value"] = v
             if best["value"] is not None:
-                bar.set_postfix_str(f"best {self.metrics[0].name}={best['value']:.4f} exact={racer.stats.scored}")
+                bar.set_postfix_str(f"best {self.metrics[0].name}={best['value']:.4f} exact={racer.stats.exact}")
                 self.history.append({"n": n_done[0], "seconds": clock.now(), "best": best["value"]})
 
         racer.on_exact = exact
@@ -291,10 +291,11 @@ class Synthesis:
                 if n_trials:
                     study.optimize(objective, n_trials=n_trials, catch=(SycamError,), gc_after_trial=False)
             else:
-                if final is not None and racer.exact_seconds_per_image() is not None:
-                    final.row_per_image = racer.exact_seconds_per_image()  # measured now: re-plan
+                if final is not None and racer.exact_seconds_per_image() is not None:  # measured now: re-plan
+                    final.row_per_image = max(final.row_per_image, racer.exact_seconds_per_image())
                     clock.plan("final", final.seconds(), "val/test captures and scores")
                 remaining = clock.left() - (final.seconds() if final else 0.0)
+                clock.plan("optuna", remaining)
                 if remaining > 0:
                     study.optimize(objective, timeout=remaining, catch=(SycamError,), gc_after_trial=False)
             bar.close()
