@@ -187,6 +187,7 @@ class Racer:
         measure what each rung costs. ``admit(costs, entered, groups)`` (seconds per candidate at
         each rung, None where unmeasured; candidates entered so far; program sizes seen) then says
         how many candidates may enter in all, asked again every 32 entries; ``limit`` bounds it too.
+        Values already in the journal are read back whatever the clock says (they cost nothing).
         They are scored on rung 0 in order, and each rung's :func:`~sycam.search.racing.promote`
         goes on to the next. ``stop()`` is asked before every score: once it says stop, no new
         candidate enters and the best ``η`` of the last complete rung are scored exactly (so a race
@@ -198,17 +199,28 @@ class Racer:
         vals: list[dict[int, tuple[float, ...]]] = [{} for _ in range(self.n_rungs)]
         labels = [r.label for r in self.bench.rungs]
         source = iter(programs)
+        pending: list[tuple[A.Program, str, object]] = []
+
+        def peek() -> tuple[A.Program, str, object] | None:
+            if not pending:
+                nxt = next(source, None)
+                if nxt is None:
+                    return None
+                pending.append(nxt)
+            return pending[0]
 
         def enter() -> int | None:
-            nxt = next(source, None)
-            if nxt is None:
+            if peek() is None:
                 return None
-            program, text, payload = nxt
+            program, text, payload = pending.pop()
             cands.append((_Cand(program, text, {}), payload))
             sizes[len(cands) - 1] = A.size(program.body)
             if on_new is not None:
                 on_new()
             return len(cands) - 1
+
+        def journaled(text: str, k: int) -> bool:  # a value read back costs nothing: no clock decides it
+            return journal.get(text, labels[k]) is not None
 
         def run(i: int, k: int) -> tuple[float, ...]:
             cand = cands[i][0]
@@ -225,30 +237,35 @@ class Racer:
             vals[k][i] = values
             return values
 
-        cap = limit if limit is not None else math.inf
-        while len(cands) < min(head, cap):  # the head: every rung at once
+        bound = limit if limit is not None else math.inf
+        while len(cands) < min(head, bound):  # the head: every rung at once
             i = enter()
             if i is None:
                 break
             for k in range(self.n_rungs):
                 if any(math.isnan(v) for v in run(i, k)):
                     break
-        bound, n_head = cap, len(cands)
-        while len(cands) < cap and not stop():  # rung 0, in order
-            if admit is not None and (len(cands) - n_head) % 32 == 0:
-                cap = min(bound, max(len(cands), admit(self.seconds_per_candidate(), len(cands), len(set(sizes.values())))))
-                if len(cands) >= cap:
-                    break
-            i = enter()
-            if i is None:
+        cap, fresh = bound, 0
+        while len(cands) < bound:  # rung 0, in order
+            nxt = peek()
+            if nxt is None:
                 break
+            if not journaled(nxt[1], 0):
+                if admit is not None and fresh % 32 == 0:
+                    cap = min(bound, max(len(cands), admit(self.seconds_per_candidate(), len(cands),
+                                                           len(set(sizes.values())))))
+                if stop() or len(cands) >= cap:
+                    break
+                fresh += 1
+            i = enter()
+            assert i is not None
             run(i, 0)
         cut = False
         for k in range(self.n_rungs - 1):
             for i in promote(vals[k], self.signs, self.eta, sizes):
                 if i in vals[k + 1]:
                     continue
-                if stop():
+                if not journaled(cands[i][0].text, k + 1) and stop():
                     cut = True
                     break
                 run(i, k + 1)
