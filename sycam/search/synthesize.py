@@ -212,10 +212,13 @@ class Synthesis:
             final = self._final_cost(train, train_seconds) if clock.budget is not None else None
         search_start = clock.now()
         window = clock.left() - (final.seconds() if final else 0.0)
+        # the search's window: the enumerator, then its programs' race until 70% of it, then Optuna.
+        # Racing scores the enumerator's programs about as fast as it builds them, so it gets more time
+        enum_share = 0.3 if cfg.racing else 0.2
         if final is not None:
             clock.plan("final", final.seconds(), "val/test captures and scores")
-            clock.plan("enumerate", 0.2 * window)
-            clock.plan("race", 0.5 * window)
+            clock.plan("enumerate", enum_share * window)
+            clock.plan("race", (0.7 - enum_share) * window)
             clock.plan("optuna", 0.3 * window)
 
         # progress: every candidate that enters the race; the best exact value so far
@@ -246,7 +249,7 @@ class Synthesis:
             with clock.phase("enumerate"):
                 enumerator = Enumerator(probe, train.resolver, max_size=cfg.max_size, selections=self.selections)
                 # with a candidate count the run is reproducible: no clock decides what is enumerated
-                derivs = enumerator.run(time_limit=None if cfg.candidates else max(1.0, 0.2 * window))
+                derivs = enumerator.run(time_limit=None if cfg.candidates else max(1.0, enum_share * window))
                 enum_stats = enumerator.stats.as_dict()
             with clock.phase("race"):
                 journal = Journal(self.out / "enumerated.jsonl", self.metrics)
