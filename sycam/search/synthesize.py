@@ -266,6 +266,7 @@ class Synthesis:
                 scored_enum = racer.race_list(programs, journal, stop, limit=cfg.candidates, admit=admit, on_new=entered)
                 journal.close()
                 self._record_enumerated(study, scored_enum, sign, constraints)
+        race_scoring = sum(racer.stats.rung_seconds)
         # 2. Optuna: the reference programs of the space are queued first, then TPE over the grammar;
         #    its trials race the same rungs (Optuna's successive-halving pruner)
         with clock.phase("optuna"):
@@ -311,6 +312,8 @@ class Synthesis:
             result["stats"] = {"enumeration": enum_stats, **stats, "trials": len(study.trials),
                                "completed": len(completed(study)), "rungs": [r.label for r in rungs],
                                "candidates": n_done[0], "search_seconds": round(search_seconds, 2),
+                               "scoring_seconds": {"race": round(race_scoring, 2),
+                                                   "optuna": round(sum(racer.stats.rung_seconds) - race_scoring, 2)},
                                "candidates_per_second": round(n_done[0] / search_seconds, 2) if search_seconds > 0 else None}
         result["stats"]["phases"] = clock.as_dict()
         if final is not None:
