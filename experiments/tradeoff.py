@@ -34,7 +34,7 @@ REFERENCES = ("gradcam", "gradcampp", "layercam", "hirescam", "xgradcam", "winso
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--metrics", default=",".join(METRICS))
-    ap.add_argument("--budget", type=float, default=60.0, help="search seconds per metric")
+    ap.add_argument("--budget", type=float, default=60.0, help="wall-time seconds of each metric's synthesis run")
     ap.add_argument("--model", default="builtin")
     ap.add_argument("--weights", default=None)
     ap.add_argument("--data", default="builtin")
@@ -89,7 +89,7 @@ def main() -> None:
     (out / "tradeoff.md").write_text(
         f"# Metric × method trade-off ({args.model} on {args.data}, test split, {args.test_limit} images)\n\n"
         "Mean [95% bootstrap interval]. Each synth[m] row is the program synthesised for metric m "
-        f"({args.budget:.0f} s of search on {args.train_limit} train images).\n\n" + "\n".join(md) + "\n\n"
+        f"(a run of {args.budget:.0f} s, search on {args.train_limit} train images).\n\n" + "\n".join(md) + "\n\n"
         + "\n".join(f"- `{k}`: `{programs[k][0].strip().splitlines()[-1]}`" for k in programs if k.startswith("synth"))
         + f"\n\nTotal time {time.perf_counter() - t0:.0f} s.\n")
     heatmap_table(table, list(programs), [f"{m} {directions[m]}" for m in metric_names], out / "tradeoff.png",

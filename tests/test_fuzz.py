@@ -352,9 +352,15 @@ def gen(draw: st.DrawFn, ty: str, ctx: Ctx, sel: A.Selection | None = None) -> A
 
 
 def _selection_of(node: A.Expr) -> A.Selection:
-    """The selection of a Layers<...> expression (from its first each)."""
+    """The selection of a Layers<...> expression, as the type checker infers it: not merely its
+    first each, which may sit under a reduction along other layers (``max(percentile(each(last, Y),
+    ?p), each(convs, sum_c(A)))`` is over ``convs``)."""
+    from sycam.lang.types import LayersType, _Checker, _selection
+
+    typ = _Checker(None).infer(node, False)
+    assert isinstance(typ, LayersType), typ
     for n in A.walk(node):
-        if isinstance(n, A.Each):
+        if isinstance(n, A.Each) and _selection(n.selection) == typ.selection:
             return n.selection
     raise AssertionError("a Layers value without each(...)")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import sycam
+from sycam.capture import CaptureRequest
 from sycam.search.synthesize import SynthConfig, Synthesis, format_hall
 
 TESTS = Path(__file__).resolve().parent
@@ -94,6 +95,42 @@ def test_the_same_candidates_command_twice_gives_the_same_hall_of_fame(tmp_path)
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
 
 
+def test_racing_run_reports_exact_train_scores_and_phases(tmp_path, tiny_on_path):
+    """With 96 train images the candidates race on 16 and 48 images at 32×32 before the exact rung;
+    whatever reaches the hall of fame carries its exact train score (every train image, full size),
+    and the summary holds the seconds of each phase."""
+    from sycam.lang.parse import parse
+    from sycam.workbench import mean_score
+
+    cfg = SynthConfig(metrics=["iou"], model="tiny_models:bundle", candidates=60, out=str(tmp_path / "run"),
+                      train_limit=96, val_limit=32, test_limit=32, batch_size=32, max_size=5, references=("gradcam",),
+                      progress=False, sanity="off")
+    synthesis = Synthesis(cfg)
+    result = synthesis.run()
+    stats = result["stats"]
+    assert stats["rungs"] == ["16img@32", "48img@32", "exact"]
+    assert stats["scored"] == stats["per_rung"][0] > stats["per_rung"][1] > stats["per_rung"][2] == stats["exact"] > 0
+    assert stats["candidates"] == 60
+    phases = stats["phases"]
+    assert set(phases["seconds"]) == {"load", "capture", "enumerate", "race", "optuna", "final"}
+    assert phases["budget"] is None and phases["overrun"] is None  # --candidates: no clock decides
+    assert abs(sum(phases["seconds"].values()) - phases["total"]) < 0.05 * phases["total"] + 0.5
+    train = synthesis.bench("train", _request_of(synthesis, result))
+    for row in result["hall_of_fame"]:
+        compiled = train.compile(parse(row["program"]))
+        exact = mean_score(train.score(compiled, synthesis.metrics, row["params"] or None)["iou"])
+        assert row["train"]["iou"] == pytest.approx(exact, abs=1e-6), row["program"]
+
+
+def _request_of(synthesis, result):
+    from sycam.compile import CompiledProgram
+    from sycam.lang.parse import parse
+    from sycam.workbench import merge_requests
+
+    resolver = synthesis.bench("train", CaptureRequest(layers=())).resolver
+    return merge_requests([CompiledProgram(parse(r["program"]), resolver).request for r in result["hall_of_fame"]])
+
+
 def _study_trials(db: Path) -> list[tuple[int, str]]:
     con = sqlite3.connect(db)
     try:
@@ -119,7 +156,11 @@ def test_killed_run_resumes_without_losing_scored_work(tmp_path):
     proc, journal = _search_until_journaled(out, 15)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    before = [json.loads(line)["program"] for line in journal.read_text().splitlines() if line.strip().endswith("}")]
+    def scored(text: str) -> list[tuple[str, str]]:  # (program, rung): one line per value computed
+        rows = [json.loads(line) for line in text.splitlines() if line.strip().endswith("}")]
+        return [(r["program"], r["rung"]) for r in rows]
+
+    before = scored(journal.read_text())
     assert len(before) >= 15
     # restart the same command with a short budget: every program scored before is reused
     again = _cli(["synthesize", "--metric", "iou", "--budget", "15", "--out", str(out), *SMALL])
@@ -127,7 +168,7 @@ def test_killed_run_resumes_without_losing_scored_work(tmp_path):
     assert again.returncode == 0, output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stats"]["from_journal"] >= len(before), summary["stats"]
-    after = [json.loads(line)["program"] for line in journal.read_text().splitlines()]
+    after = scored(journal.read_text())
     assert after[: len(before)] == before and len(set(after)) == len(after), "a scored program was lost or scored twice"
 
 

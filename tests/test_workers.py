@@ -46,12 +46,13 @@ def test_worker_options_are_checked(capsys):
 
 
 def test_a_worker_share_uses_its_own_journal_and_the_claims(tmp_path):
-    """--worker I/N alone (as on one of several machines): its share only, reported at its end."""
+    """--worker I/N alone (as on one of several machines): its share first, then what nobody claimed, reported at its end."""
     out = tmp_path / "w"
     text = finish(cli([*SMALL, "--candidates", "12", "--out", str(out), "--worker", "1/2"]))
     assert "Hall of fame" in text
     rows = journal_rows(out)
-    assert {r["file"] for r in rows} == {"enumerated.1of2.jsonl"} and len(rows) == 6
+    # alone, the share scores its own programs and then the rest, which no other worker claimed
+    assert {r["file"] for r in rows} == {"enumerated.1of2.jsonl"} and len({r["program"] for r in rows}) == 12
     con = sqlite3.connect(out / "study.db")
     try:
         assert con.execute("SELECT COUNT(vals) FROM sycam_claims").fetchone()[0] > 0

@@ -21,7 +21,8 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="builtin", help="builtin (default), a torchvision name, or package.module:factory")
     parser.add_argument("--weights", default=None, help="local weights file (loaded with weights_only=True) or a torchvision enum name")
     parser.add_argument("--data", default="builtin", help=FORMS_HELP)
-    parser.add_argument("--budget", type=float, default=90.0, help="seconds of search (default 90)")
+    parser.add_argument("--budget", type=float, default=90.0, help="wall-time seconds for the whole run: loading, captures, "
+                        "search, final scoring and outputs (default 90); the search gets what the rest leaves")
     parser.add_argument("--candidates", type=int, default=None, help="stop after this many candidates instead of after --budget seconds "
                         "(no clock involved: the run is reproducible)")
     parser.add_argument("--seed", type=int, default=0)
@@ -35,6 +36,8 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-size", type=int, default=8, help="largest Map expression the enumerator builds (AST nodes)")
     parser.add_argument("--no-enumerate", action="store_true", help="skip the enumerator (Optuna only)")
+    parser.add_argument("--no-racing", action="store_true", help="score every candidate exactly (all train images, full "
+                        "resolution) instead of racing them on image subsets at low resolution first")
     parser.add_argument("--references", default=None, help="comma-separated reference programs reported beside the result")
     parser.add_argument("--targets", default="auto", choices=["auto", "label", "pred", "imagenet"])
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -60,6 +63,7 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
 
 
 def run(name: str, args: argparse.Namespace) -> int:
+    from sycam.search.budget import format_phases
     from sycam.search.synthesize import REFERENCES, SynthConfig, format_front, format_hall
     from sycam.search.workers import synthesize
 
@@ -83,6 +87,7 @@ def run(name: str, args: argparse.Namespace) -> int:
         targets=args.targets, device=args.device, progress=not args.quiet, enumerate=not args.no_enumerate,
         sanity=args.sanity, sanity_images=args.sanity_images, pool=args.pool, no_worse_than=args.no_worse_than,
         suite=_split(args.suite), split_seed=args.split_seed, workers=args.workers, worker=worker,
+        racing=not args.no_racing,
     )
     result = synthesize(cfg)
     if name == "synthesize":
@@ -90,6 +95,7 @@ def run(name: str, args: argparse.Namespace) -> int:
     else:
         print(format_front(result, metrics))
     print(captures_line(result.get("stats", {}).get("captures")))
+    print(format_phases(result["stats"]["phases"]))
     return 0
 
 

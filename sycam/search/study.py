@@ -113,16 +113,18 @@ def mask_password(url: str) -> str:
     return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
-def open_study(storage: RDBStorage, name: str, directions: Sequence[str], seed: int) -> optuna.Study:
+def open_study(storage: RDBStorage, name: str, directions: Sequence[str], seed: int,
+               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
     """A study for ``directions``: TPE for one metric, NSGA-II for several. Both treat a trial with a
-    positive constraint value (``trial.set_constraint``: a failed sanity check) as infeasible."""
+    positive constraint value (``trial.set_constraint``: a failed sanity check) as infeasible.
+    ``pruner`` (single objective only): stops trials on their reported intermediate values."""
     if len(directions) == 1:
         sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=20, multivariate=False)
     else:
         sampler = optuna.samplers.NSGAIISampler(seed=seed)
     try:
         study = optuna.create_study(storage=storage, study_name=name, directions=list(directions), sampler=sampler,
-                                    load_if_exists=True)
+                                    pruner=pruner if len(directions) == 1 else None, load_if_exists=True)
     except ValueError as err:
         raise SycamError(f"study {name!r}: {err}") from None
     if [d.name.lower() for d in study.directions] != [d.lower() for d in directions]:
@@ -174,7 +176,9 @@ def sample_candidate(trial: optuna.trial.BaseTrial, max_depth: int, selections: 
 class Objective:
     """Score sampled programs on the train captures; equal programs are scored once.
 
-    ``evaluate(candidate) -> tuple of metric values`` (raises ProgramRuntimeError when invalid).
+    ``evaluate(candidate) -> tuple of metric values`` (raises ProgramRuntimeError when invalid);
+    with ``pass_trial``, ``evaluate(candidate, trial)``, which may report intermediate values and
+    raise ``optuna.TrialPruned`` (racing: :mod:`sycam.search.loop`).
     """
 
     evaluate: Callable[[Candidate], tuple[float, ...]]
@@ -184,6 +188,7 @@ class Objective:
     on_scored: Callable[[optuna.trial.Trial, Candidate, tuple[float, ...]], None] | None = None
     #: sanity constraints of a scored candidate (check -> value, <= 0 feasible), for the sampler
     constraints: Callable[[Candidate], dict[str, float]] | None = None
+    pass_trial: bool = False
 
     def prime(self, study: optuna.Study) -> None:
         """Remember the scores already in the study (resume without re-scoring)."""
@@ -204,7 +209,7 @@ class Objective:
             values = self.memo[key]
         else:
             try:
-                values = self.evaluate(cand)
+                values = self.evaluate(cand, trial) if self.pass_trial else self.evaluate(cand)
             except ProgramRuntimeError as err:
                 trial.set_user_attr("invalid", str(err)[:200])
                 raise optuna.TrialPruned(f"invalid program: {err}") from None

@@ -4,15 +4,16 @@ Search on the train split (enumerator, then Optuna), select on validation, repor
 test split beside the reference programs. Everything a run needs to be reproduced or resumed
 lives in its output folder: the study (SQLite by default), the manifest, the hall of fame.
 
-At ~590 lines this module is over the house's ~400: it holds one run's three phases (search loop,
-selection, outputs) around one shared state. The search loop moves to its own modules with the
-racing work of issue #11 (``search/loop.py``, ``budget.py``, ``racing.py`` on branch ``racing``);
-the hall of fame's pieces already live in ``search/hall.py``, ``report.py`` and ``sanity.py``.
+At ~680 lines this module is over the house's ~400: it holds one run's three phases (search,
+selection, outputs) around one shared state (the model, the data, the captures, the clock). The
+pieces with a job of their own live beside it: the race and the journal in ``search/loop.py`` and
+``racing.py``, the clock in ``budget.py``, workers and claims in ``workers.py`` and ``claims.py``,
+the hall of fame in ``hall.py``, ``report.py`` and ``sanity.py``. Selection and outputs are the next
+to move out (``search/select.py``).
 """
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import os
@@ -39,11 +40,14 @@ from sycam.lang.canon import canonical_hash
 from sycam.lang.parse import grammar_hash, parse
 from sycam.lang.pretty import fmt_number, pretty
 from sycam.lang.simplify import simplified_text, simplify
-from sycam.search.enumerate import Enumerator, map_key
+from sycam.search.budget import Clock, FinalCost
+from sycam.search.claims import Claims
+from sycam.search.enumerate import Enumerator
 from sycam.search.hall import (MIN_VAL_IMAGES, Row, distinct_structures, fmt, interval, nan_last, paired_difference,
                                pareto_front)
+from sycam.search.loop import Journal, Racer, probe_costs, pruner
+from sycam.search.racing import Rung, RungBench, admissible, schedule
 from sycam.search.report import format_front, format_hall  # noqa: F401  (re-exported)
-from sycam.search.claims import Claims
 from sycam.search.sanity import CHECKS, SanityBench, failures, thresholds
 from sycam.search.space import Derivation, derive
 from sycam.search.study import (Candidate, Objective, completed, enqueue, mask_password, open_storage, open_study,
@@ -59,7 +63,7 @@ class SynthConfig:
     model: str = "builtin"
     weights: str | None = None
     data: str = "builtin"
-    budget: float = 90.0  # seconds of search (enumeration + Optuna)
+    budget: float = 90.0  # wall-time seconds of the whole run (loading, captures, search, final scoring, outputs)
     candidates: int | None = None  # instead of the budget: stop after this many candidates (reproducible)
     seed: int = 0
     out: str | None = None
@@ -86,6 +90,7 @@ class SynthConfig:
     workers: int = 1  # processes on this machine sharing the study (sycam.search.workers)
     worker: tuple[int, int] | None = None  # (I, N): this process does share I of N (enumerated programs, trials)
     report: bool = True  # False: search only (a worker); the hall of fame is chosen once, after all workers
+    racing: bool = True  # candidates race on image subsets at low resolution (sycam.search.racing); off: all exact
 
     @property
     def study_name(self) -> str:
@@ -123,38 +128,6 @@ def _search_request(bench_resolver, score: A.ScoreSpec, selections: tuple[str, .
     return CaptureRequest(layers=tuple(layers), grad_layers=frozenset(layers), score=score)
 
 
-class Journal:
-    """Scores of enumerated programs, one JSON line each, appended as they are computed
-    (a killed run loses at most the candidate in flight)."""
-
-    def __init__(self, path: Path, metrics) -> None:
-        self.path = path
-        self.names = [m.name for m in metrics]
-        self.values: dict[str, tuple[float, ...]] = {}
-        for known in sorted(path.parent.glob("enumerated*.jsonl")):  # every worker's journal, this one's too
-            for line in known.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by a kill: recompute that candidate
-                    continue
-                if row.get("metrics") == self.names:
-                    self.values[row["program"]] = tuple(float(v) for v in row["values"])
-        torn = path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
-        self._file = open(path, "a", encoding="utf-8")
-        if torn:  # a kill cut the last line: the next one starts on a line of its own
-            self._file.write("\n")
-
-    def get(self, program: str) -> tuple[float, ...] | None:
-        return self.values.get(program)
-
-    def add(self, program: str, values: tuple[float, ...], scored: bool = True) -> None:
-        """``scored=False``: the values came from another worker (sycam.search.claims)."""
-        self.values[program] = values
-        row = {"program": program, "metrics": self.names, "values": list(values)}
-        if not scored:
-            row["scored"] = False
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
 
 
 def _simplified(program: str) -> str:
@@ -179,6 +152,8 @@ class Synthesis:
 
         if not cfg.metrics:
             raise SycamError("give at least one metric")
+        # the budget is the wall time of the whole run, model loading included
+        self.clock = Clock(None if cfg.candidates else cfg.budget)
         self.cfg = cfg
         self.metrics = [get_metric(m) for m in cfg.metrics]
         self.out = cfg.out_dir
@@ -190,7 +165,8 @@ class Synthesis:
         self.datasets = {split: open_dataset(cfg.data, split=split, size=size, limit=limit, split_seed=cfg.split_seed)
                          for split, limit in (("train", cfg.train_limit), ("val", cfg.val_limit), ("test", cfg.test_limit))}
         self.history: list[dict[str, float]] = []
-        self.t0 = time.perf_counter()
+        self.t0 = self.clock.t0
+        self.clock.seconds["load"] = self.clock.now()
         self.captures_mark = STATS.copy()  # captures of this run: computed or from the cache (sycam.cache)
         self.widen: CaptureRequest | None = None  # what every batch's first capture also caches
 
@@ -206,174 +182,214 @@ class Synthesis:
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict:
-        cfg = self.cfg
+        cfg, clock = self.cfg, self.clock
         directions = ["maximize" if m.higher_is_better else "minimize" for m in self.metrics]
         storage_url = cfg.storage or f"sqlite:///{(self.out / 'study.db').resolve()}"
-        share, shares = cfg.worker or (0, 1)
-        storage = open_storage(storage_url)
-        study = open_study(storage, cfg.study_name, directions, cfg.seed + share)  # each worker samples its own way
-        claims = Claims(storage, cfg.study_name, f"{self.out.resolve()}|{share}/{shares}") if cfg.worker else None
-        self._write_manifest(storage_url)
+        with clock.phase("load"):  # with the model and the data: the study and the manifest
+            share, shares = cfg.worker or (0, 1)
+            storage = open_storage(storage_url)
+            study = open_study(storage, cfg.study_name, directions, cfg.seed + share,  # each worker samples its own way
+                               pruner=pruner() if cfg.racing else None)
+            claims = Claims(storage, cfg.study_name, f"{self.out.resolve()}|{share}/{shares}") if cfg.worker else None
+            self._write_manifest(storage_url)
 
-        resolver = Workbench(self.bundle, self.datasets["train"], CaptureRequest(layers=())).resolver
-        self.selections = search_selections(resolver)
-        self.widen = _search_request(resolver, A.ScoreSpec(), self.selections)  # a later run's hall may use any of it
-        train = self.bench("train", self.widen).load()
-        probe = train.batches[0].caps.take(slice(0, 16))
-        constraints = None
-        if cfg.sanity == "require":  # Optuna's sampler learns to avoid programs that fail a sanity check
-            sanity = self.sanity_bench("train", train.request)
-            limit = thresholds()
+        with clock.phase("capture"):
+            resolver = Workbench(self.bundle, self.datasets["train"], CaptureRequest(layers=())).resolver
+            self.selections = search_selections(resolver)
+            self.widen = _search_request(resolver, A.ScoreSpec(), self.selections)  # a later run's hall may use any of it
+            t0 = time.perf_counter()
+            train = self.bench("train", self.widen).load()
+            train_seconds = time.perf_counter() - t0
+            probe = train.batches[0].caps.take(slice(0, 16))
+            constraints = None
+            if cfg.sanity == "require":  # Optuna's sampler learns to avoid programs that fail a sanity check
+                sanity = self.sanity_bench("train", train.request)
+                limit = thresholds()
 
-            def constraints(cand: Candidate) -> dict[str, float]:  # <= 0 feasible; undefined fails
-                values = sanity.values(train.compile(cand.program), cand.params)
-                return {c: (1.0 if math.isnan(values[c]) else values[c] - limit[c]) for c in CHECKS}
-        self.search_t0 = time.perf_counter()  # the budget counts search time, not model loading or captures
+                def constraints(cand: Candidate) -> dict[str, float]:  # <= 0 feasible; undefined fails
+                    values = sanity.values(train.compile(cand.program), cand.params)
+                    return {c: (1.0 if math.isnan(values[c]) else values[c] - limit[c]) for c in CHECKS}
+            n_train = len(self.datasets["train"])
+            rungs = (schedule(n_train, tuple(self.bundle.input_size), self.metrics) if cfg.racing
+                     else [Rung(n_train, None, exact=True)])
+            racer = Racer(RungBench(train, rungs, self.metrics, seed=cfg.seed), self.metrics, claims=claims,
+                          share=(share, shares))
+            final = self._final_cost(train, train_seconds) if clock.budget is not None else None
+        search_start = clock.now()
+        window = clock.left() - (final.seconds() if final else 0.0)
+        # the search's window: the enumerator, then its programs' race until 70% of it, then Optuna.
+        # Racing scores the enumerator's programs about as fast as it builds them, so it gets more time
+        enum_share = 0.3 if cfg.racing else 0.2
+        if final is not None:
+            clock.plan("final", final.seconds(), "val/test captures and scores")
+            clock.plan("enumerate", enum_share * window)
+            clock.plan("race", (0.7 - enum_share) * window)
+            clock.plan("optuna", 0.3 * window)
 
-        # 1. the enumerator's programs, scored directly on the cached captures (no per-candidate
-        #    storage round trip); each result is appended to a journal, so a restart skips it
-        seen_maps: dict[bytes, tuple[float, ...]] = {}
-        stats = {"scored": 0, "observational_duplicates": 0, "invalid": 0, "from_journal": 0, "from_other_workers": 0}
+        # progress: every candidate that enters the race; the best exact value so far
         bar = tqdm(total=cfg.candidates, desc=f"synthesize {'+'.join(cfg.metrics)}", unit="cand", disable=not cfg.progress,
                    dynamic_ncols=True)
         best: dict[str, float | None] = {"value": None}
         sign = 1 if self.metrics[0].higher_is_better else -1
         n_done = [0]
 
-        def note(values: tuple[float, ...]) -> None:
+        def entered() -> None:
             n_done[0] += 1
             bar.update(1)
+
+        def exact(values: tuple[float, ...]) -> None:
             v = values[0]
             if not math.isnan(v) and (best["value"] is None or sign * v > sign * best["value"]):
                 best["value"] = v
             if best["value"] is not None:
-                bar.set_postfix_str(f"best {self.metrics[0].name}={best['value']:.4f} scored={stats['scored']}")
-                self.history.append({"n": n_done[0], "seconds": time.perf_counter() - self.t0, "best": best["value"]})
+                bar.set_postfix_str(f"best {self.metrics[0].name}={best['value']:.4f} exact={racer.stats.exact}")
+                self.history.append({"n": n_done[0], "seconds": clock.now(), "best": best["value"]})
 
-        def evaluate(cand: Candidate) -> tuple[float, ...]:
-            compiled = train.compile(cand.program)
-            key = map_key(compiled(probe, cand.params)) + repr(sorted(cand.params.items())).encode()
-            if key in seen_maps:
-                stats["observational_duplicates"] += 1
-                return seen_maps[key]
-            claim = hashlib.sha256(key).hexdigest() if claims is not None else ""
-            found = claims.take(claim) if claims is not None else None
-            if found is not None:  # another worker scored it
-                stats["from_other_workers"] += 1
-                seen_maps[key] = found
-                return found
-            try:
-                values = train.score(compiled, self.metrics, cand.params)
-            except ProgramRuntimeError:
-                if claims is not None:
-                    claims.done(claim, [math.nan] * len(self.metrics))
-                raise
-            result = tuple(mean_score(values[m.name]) for m in self.metrics)
-            seen_maps[key] = result
-            if claims is not None:
-                claims.done(claim, result)
-            stats["scored"] += 1
-            return result
+        racer.on_exact = exact
 
+        # 1. the enumerator's programs race on the cached captures (no per-candidate storage round
+        #    trip); each rung value is appended to a journal, so a restart skips it
         enum_stats: dict[str, float] = {}
-        scored_enum: list[tuple[tuple[float, ...], Derivation, str]] = []
         if cfg.enumerate:
-            enumerator = Enumerator(probe, train.resolver, max_size=cfg.max_size, selections=self.selections)
-            # with a candidate count the run is reproducible: no clock decides what is enumerated
-            derivs = enumerator.run(time_limit=None if cfg.candidates else 0.2 * cfg.budget)
-            enum_stats = enumerator.stats.as_dict()
-            journal = Journal(self.out / ("enumerated.jsonl" if not cfg.worker else f"enumerated.{share}of{shares}.jsonl"),
-                              self.metrics)
-            n_enumerated = len(derivs)
-            for i, deriv in enumerate(derivs):
-                if i >= 10 and self._out_of_budget(i):  # the smallest ten are always scored
-                    n_enumerated = i
-                    break
-                if i % shares != share:  # another worker's
-                    continue
-                program = deriv.program()
-                text = pretty(program)
-                values = journal.get(text)
-                if values is None:
-                    reused = stats["from_other_workers"]
-                    try:
-                        values = evaluate(Candidate(program, text, A.size(program.body), canonical_hash(program), {}))
-                    except ProgramRuntimeError:
-                        stats["invalid"] += 1
-                        values = tuple(float("nan") for _ in self.metrics)
-                    journal.add(text, values, scored=stats["from_other_workers"] == reused)
-                else:
-                    stats["from_journal"] += 1
-                scored_enum.append((values, deriv, text))
-                note(values)
-            # the best of them join the study, so that TPE starts from what the enumerator learnt and
-            # the hall of fame can choose among them: the best structures and the best of every size
-            # (with sanity checks required: until that many pass the checks on train, if they can)
-            in_study = {t.user_attrs.get("program") for t in study.get_trials(deepcopy=False)}
-            # ties broken by the text, as in the final selection: workers' shares rank like the whole
-            ranked = sorted((r for r in scored_enum if not any(math.isnan(v) for v in r[0])),
-                            key=lambda r: (-sign * r[0][0], A.size(r[1].program().body), r[2]))
-            chosen = distinct_structures(ranked, key_of=lambda r: r[2], value_of=lambda r: r[0][0],
-                                         size_of=lambda r: A.size(r[1].program().body), sign=sign, top=cfg.pool)
-            feasible, rounds = 0, 0
-            extra = iter(r for r in ranked[cfg.pool:] if r not in chosen)
-            while chosen:
-                values, deriv, text = chosen.pop(0)
-                program = deriv.program()
-                attrs = {"program": text, "size": A.size(program.body), "source": "enumerator",
-                         "canon": canonical_hash(program), "memo_key": canonical_hash(program) + "|"}
-                limits = None if constraints is None else constraints(Candidate(program, text, A.size(program.body),
-                                                                                attrs["canon"], {}))
-                feasible += limits is None or max(limits.values()) <= 0
-                if text not in in_study:
-                    record(study, deriv, values, attrs, self.selections, limits)
-                if not chosen and feasible < cfg.pool and constraints is not None and rounds < 2:
-                    rounds += 1  # at most two more pools: each check and each recorded trial costs time
-                    chosen = [r for _, r in zip(range(cfg.pool), extra)]  # the next ones down the ranking
-        # 2. Optuna: the reference programs of the space are queued first, then TPE over the grammar
-        for name in cfg.references:
-            from sycam.programs import load
+            with clock.phase("enumerate"):
+                enumerator = Enumerator(probe, train.resolver, max_size=cfg.max_size, selections=self.selections)
+                # with a candidate count the run is reproducible: no clock decides what is enumerated
+                derivs = enumerator.run(time_limit=None if cfg.candidates else max(1.0, enum_share * window))
+                enum_stats = enumerator.stats.as_dict()
+            with clock.phase("race"):
+                journal = Journal(self.out / ("enumerated.jsonl" if not cfg.worker else f"enumerated.{share}of{shares}.jsonl"),
+                                  self.metrics)
+                race_end = search_start + 0.7 * window
+                stop, admit = (lambda: False), None  # with --candidates: no clock
+                if not cfg.candidates:  # as many enter as the race's share of the budget allows
+                    stop = lambda: clock.now() > race_end  # noqa: E731
 
-            deriv = derive(A.inline_lets(load(name)))
-            if deriv is not None and _selections_of(deriv) <= set(self.selections):
-                enqueue(study, deriv, f"reference:{name}")
-        objective = Objective(evaluate, max_depth=cfg.max_depth, selections=self.selections,
-                              on_scored=lambda trial, cand, values: note(values), constraints=constraints)
-        objective.prime(study)
-        remaining = cfg.budget - (time.perf_counter() - self.search_t0)
-        n_trials = None
-        if cfg.candidates:  # what the enumerator left of the count, split between the workers
-            left = max(0, cfg.candidates - (n_enumerated if cfg.enumerate else 0))
-            n_trials = left // shares + (share < left % shares)
-        if cfg.candidates and n_trials:
-            study.optimize(objective, n_trials=n_trials, catch=(SycamError,), gc_after_trial=False)
-        elif not cfg.candidates and remaining > 0:
-            study.optimize(objective, timeout=remaining, catch=(SycamError,), gc_after_trial=False)
-        bar.close()
-        search_seconds = time.perf_counter() - self.search_t0
+                    def admit(costs: list[float | None], entered: int, groups: int) -> int:
+                        if any(c is None for c in costs):  # not measured (read from the journal): the clock decides
+                            return len(derivs)
+                        return admissible(costs, race_end - clock.now(), racer.eta, groups, entered)
+                programs = [(d.program(), pretty(d.program()), d) for d in derivs]
+                programs += _journaled_beyond(journal, {text for _, text, _ in programs}, self.selections)
+                scored_enum = racer.race_list(programs, journal, stop, limit=cfg.candidates, admit=admit, on_new=entered)
+                journal.close()
+                self._record_enumerated(study, scored_enum, sign, constraints, (share, shares))
+        race_scoring = sum(racer.stats.rung_seconds)
+        # 2. Optuna: the reference programs of the space are queued first, then TPE over the grammar;
+        #    its trials race the same rungs (Optuna's successive-halving pruner)
+        with clock.phase("optuna"):
+            for name in cfg.references:
+                from sycam.programs import load
+
+                deriv = derive(A.inline_lets(load(name)))
+                if deriv is not None and _selections_of(deriv) <= set(self.selections):
+                    enqueue(study, deriv, f"reference:{name}")
+            racing_trials = cfg.racing and len(self.metrics) == 1
+
+            def evaluate(cand: Candidate, trial=None) -> tuple[float, ...]:
+                try:
+                    return racer.evaluate_trial(cand, trial)
+                except optuna.TrialPruned:
+                    entered()  # a pruned trial is a candidate too (completed ones are counted on return)
+                    raise
+
+            objective = Objective(evaluate, max_depth=cfg.max_depth, selections=self.selections,
+                                  on_scored=lambda trial, cand, values: entered(), constraints=constraints,
+                                  pass_trial=racing_trials)
+            objective.prime(study)
+            racer.prime(study)
+            if cfg.candidates:  # what the enumerator left of the count, split between the workers
+                left = max(0, cfg.candidates - n_done[0])
+                n_trials = left // shares + (share < left % shares)
+                if n_trials:
+                    study.optimize(objective, n_trials=n_trials, catch=(SycamError,), gc_after_trial=False)
+            else:
+                if final is not None and racer.exact_seconds_per_image() is not None:  # measured now: re-plan
+                    final.row_per_image = max(final.row_per_image, racer.exact_seconds_per_image())
+                    clock.plan("final", final.seconds(), "val/test captures and scores")
+                remaining = clock.left() - (final.seconds() if final else 0.0)
+                clock.plan("optuna", remaining)
+                if remaining > 0:
+                    study.optimize(objective, timeout=remaining, catch=(SycamError,), gc_after_trial=False)
+            bar.close()
+        search_seconds = clock.now() - search_start
         if not cfg.report:  # one worker of several: the hall of fame is chosen once, after all of them
-            return {"worker": [share, shares], "history": self.history, "started": time.time() - (time.perf_counter() - self.t0),
-                    "stats": {"enumeration": enum_stats, **stats, "search_seconds": round(search_seconds, 2),
+            return {"worker": [share, shares], "history": self.history, "started": time.time() - clock.now(),
+                    "stats": {"enumeration": enum_stats, **racer.stats.as_dict(), "search_seconds": round(search_seconds, 2),
                               "waited_for_other_workers": round(claims.waited, 2) if claims else 0.0,
-                              "peak_rss_mb": peak_rss_mb(),
-                              "total_seconds": round(time.perf_counter() - self.t0, 2),
-                              "captures": STATS.since(self.captures_mark)}}
+                              "peak_rss_mb": peak_rss_mb(), "total_seconds": round(clock.now(), 2),
+                              "captures": STATS.since(self.captures_mark), "phases": clock.as_dict()}}
 
         # 3. honest selection: top-k on train -> pick on validation -> report on test
-        result = self._select_and_report(study, train)
-        result["stats"] = {"enumeration": enum_stats, **stats, "trials": len(study.trials),
-                           "completed": len(completed(study)), "search_seconds": round(search_seconds, 2),
-                           "total_seconds": round(time.perf_counter() - self.t0, 2),
-                           "captures": STATS.since(self.captures_mark),
-                           "peak_rss_mb": peak_rss_mb()}
+        with clock.phase("final"):
+            result = self._select_and_report(study, train)
+            stats = racer.stats.as_dict()
+            result["stats"] = {"enumeration": enum_stats, **stats, "trials": len(study.trials),
+                               "completed": len(completed(study)), "rungs": [r.label for r in rungs],
+                               "candidates": n_done[0], "search_seconds": round(search_seconds, 2),
+                               "scoring_seconds": {"race": round(race_scoring, 2),
+                                                   "optuna": round(sum(racer.stats.rung_seconds) - race_scoring, 2)},
+                               "candidates_per_second": round(n_done[0] / search_seconds, 2) if search_seconds > 0 else None,
+                               "captures": STATS.since(self.captures_mark), "peak_rss_mb": peak_rss_mb()}
+        result["stats"]["phases"] = clock.as_dict()
+        if final is not None:
+            result["stats"]["phases"]["final_estimate"] = {k: round(v, 4) if isinstance(v, float) else v
+                                                           for k, v in asdict(final).items()}
+        result["stats"]["total_seconds"] = round(clock.now(), 2)
         (self.out / "summary.json").write_text(json.dumps(result, indent=2, default=str))
         return result
 
-    def _out_of_budget(self, n_done: int) -> bool:
-        # the enumerator's programs may use up to 70% of the budget; Optuna gets the rest
-        if self.cfg.candidates:
-            return n_done >= self.cfg.candidates
-        return time.perf_counter() - self.search_t0 > 0.7 * self.cfg.budget
+    def _record_enumerated(self, study: optuna.Study, scored_enum: list, sign: int, constraints,
+                           share: tuple[int, int] = (0, 1)) -> None:
+        """The best exactly scored enumerated programs join the study, so that TPE starts from what
+        the enumerator learnt and the hall of fame can choose among them: the best structures and the
+        best of every size (with sanity checks required: until that many pass the checks on train,
+        if they can). Workers race the same list and rank alike; worker ``I`` of ``N`` records the
+        chosen programs whose place in the ranking is ``I`` modulo ``N``."""
+        cfg = self.cfg
+        in_study = {t.user_attrs.get("program") for t in study.get_trials(deepcopy=False)}
+        # ties broken by size and text, as in the final selection: every worker ranks alike
+        ranked = sorted((r for r in scored_enum if not any(math.isnan(v) for v in r[0])),
+                        key=lambda r: (-sign * r[0][0], A.size(r[1].program().body), r[2]))
+        chosen = distinct_structures(ranked, key_of=lambda r: r[2], value_of=lambda r: r[0][0],
+                                     size_of=lambda r: A.size(r[1].program().body), sign=sign, top=cfg.pool)
+        feasible, rounds, place = 0, 0, -1
+        extra = iter(r for r in ranked[cfg.pool:] if r not in chosen)
+        while chosen:
+            values, deriv, text = chosen.pop(0)
+            place += 1
+            if place % share[1] != share[0]:  # another worker's to record
+                continue
+            program = deriv.program()
+            attrs = {"program": text, "size": A.size(program.body), "source": "enumerator",
+                     "canon": canonical_hash(program), "memo_key": canonical_hash(program) + "|"}
+            limits = None if constraints is None else constraints(Candidate(program, text, A.size(program.body),
+                                                                            attrs["canon"], {}))
+            feasible += limits is None or max(limits.values()) <= 0
+            if text not in in_study:
+                record(study, deriv, values, attrs, self.selections, limits)
+            if not chosen and feasible < cfg.pool and constraints is not None and rounds < 2:
+                rounds += 1  # at most two more pools: each check and each recorded trial costs time
+                chosen = [r for _, r in zip(range(cfg.pool), extra)]  # the next ones down the ranking
+
+    def _final_cost(self, train: Workbench, train_seconds: float) -> FinalCost:
+        """What the final phase will cost: capture and score times measured on a few train images
+        (see :class:`sycam.search.budget.FinalCost`)."""
+        from sycam.programs import load
+
+        cfg = self.cfg
+        refs = [CompiledProgram(load(name), train.resolver) for name in cfg.references]
+        ratio, refs_per_image = probe_costs(train, lambda request, n: Workbench(
+            self.bundle, self.datasets["train"], request, batch_size=n, targets=cfg.targets, device=self.device,
+            progress=False), refs, self.metrics)
+        n = {split: len(ds) for split, ds in self.datasets.items()}
+        extra = n["val"] if cfg.no_worse_than else 0
+        if cfg.sanity != "off":  # the sanity captures of the validation images: trained, each step, other class
+            extra += min(cfg.sanity_images, n["val"]) * (len(self.bundle.stage_layers or []) + 3)
+        rows = cfg.pool + cfg.max_size if len(self.metrics) == 1 else max(cfg.pool, 20)
+        return FinalCost(capture_per_image=train_seconds / max(1, n["train"]) * ratio,
+                         references_per_image=refs_per_image,
+                         row_per_image=refs_per_image / max(1, len(refs)), train=n["train"], val=n["val"],
+                         test=n["test"], overlay=min(cfg.batch_size, n["test"]), rows=rows, extra_captures=extra)
 
     # ------------------------------------------------------------------ selection and outputs
     def _rows_from_trials(self, trials) -> list[Row]:
@@ -636,6 +652,22 @@ def peak_rss_mb() -> float | None:
     except ImportError:  # pragma: no cover - Windows
         return None
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
+def _journaled_beyond(journal: Journal, listed: set[str], selections) -> list[tuple[A.Program, str, Derivation]]:
+    """Programs a killed run journaled that this run's enumerator did not reach (a resumed run with
+    a smaller budget enumerates less): they join the end of the list, smallest first, so their
+    values are read back instead of lost."""
+    out = []
+    for text in sorted(journal.programs() - listed):
+        try:
+            program = parse(text)
+        except SycamError:
+            continue
+        deriv = derive(A.inline_lets(program))
+        if deriv is not None and _selections_of(deriv) <= set(selections):
+            out.append((deriv.program(), text, deriv))
+    return sorted(out, key=lambda r: (A.size(r[0].body), r[1]))
 
 
 def _selections_of(deriv: Derivation) -> set[str]:

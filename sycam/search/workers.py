@@ -2,9 +2,11 @@
 
 The parent creates the study, starts N worker processes (``multiprocessing`` with ``spawn``: a
 fresh interpreter each, no forked torch state), each with 1/N of the torch threads and share ``I``
-of ``N`` of the work: the enumerator's programs ``i`` with ``i % N == I`` (the enumeration is
-deterministic, so the shares are disjoint and cover it), an equal part of Optuna's trials, and
-claims (:mod:`sycam.search.claims`) so that no candidate one worker scored is scored by another.
+of ``N`` of the work: every worker races the enumerator's whole list (the enumeration is
+deterministic), scoring first, at each rung, the programs ``i`` with ``i % N == I`` and then taking
+the others' values from the claims (:mod:`sycam.search.claims`), so that no value one worker
+computed is computed by another and every worker promotes alike (:mod:`sycam.search.loop`); Optuna's
+trials are split in equal parts.
 A worker killed by a signal (the OOM killer, ``kill -9``) is started again, up to ``MAX_RESTARTS``
 times; it resumes from its journal and the study. When every worker has finished, the parent
 selects on validation and reports on test once, as a single run would, and writes the summary.
@@ -151,6 +153,7 @@ def report(synth, workers: list[dict], search_seconds: float, restarts: dict[int
     """Select on validation and report on test once, on the study the workers filled."""
     from sycam.cache import STATS
     from sycam.capture import CaptureRequest
+    from sycam.search.budget import PHASES, TOLERANCE
     from sycam.lang import ast as A
     from sycam.search.study import completed, open_storage, open_study
     from sycam.search.synthesize import _search_request, peak_rss_mb, search_selections
@@ -179,6 +182,16 @@ def report(synth, workers: list[dict], search_seconds: float, restarts: dict[int
                        "peak_rss_mb": peak_rss_mb(),
                        "per_worker": [{"worker": w["worker"], **{k: w["stats"][k] for k in keys + (
                            "search_seconds", "waited_for_other_workers", "peak_rss_mb")}} for w in workers]}
+    # the workers ran their phases side by side: each phase as long as its slowest worker's, then
+    # the parent's selection and report
+    final = time.perf_counter() - started - search_seconds
+    slowest = {p: max(w["stats"]["phases"]["seconds"].get(p, 0.0) for w in workers)
+               for p in PHASES if p != "final" and any(p in w["stats"]["phases"]["seconds"] for w in workers)}
+    total = round(time.perf_counter() - started, 2)
+    budget = workers[0]["stats"]["phases"]["budget"]
+    result["stats"]["phases"] = {"seconds": {**slowest, "final": round(final, 2)}, "total": total, "budget": budget,
+                                 "overrun": (f"the run took {total:.0f} s of a {budget:g} s budget with {len(workers)} workers"
+                                             if budget is not None and total > (1 + TOLERANCE) * budget else None)}
     (synth.out / "summary.json").write_text(json.dumps(result, indent=2, default=str))
     return result
 
