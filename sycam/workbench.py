@@ -212,7 +212,8 @@ class Workbench:
         return fn
 
     def logits(self, images01: Tensor) -> Tensor:
-        """The model's logits (B, K) on images in [0, 1] (one no-grad forward, eval mode)."""
+        """The model's logits (B, K) on images in [0, 1] (one no-grad forward, eval mode; the
+        noise-robustness metrics' ``predict_fn``)."""
         with torch.no_grad(), eval_mode(self.bundle.module):
             return self.bundle.module(self.normalized(images01)).detach()
 
@@ -240,6 +241,7 @@ class Workbench:
             model=self.bundle.module if weights else None,
             explain_with=self.explain_with(compiled, params) if weights else None,
             stage_layers=self.bundle.stage_layers or None,
+            predict_fn=self.logits if "predict" in metric.needs else None,
         )
 
     def maps(self, compiled: CompiledProgram, cb: CachedBatch, params=None) -> Tensor:

@@ -22,6 +22,8 @@ EXPECTED = {
     "road_lerf": (True, {"model"}),
     "road": (True, {"model"}),
     "robustness": (True, {"model", "explainer"}),
+    "consistency": (True, {"explainer", "predict"}),
+    "responsiveness": (True, {"explainer", "predict"}),
     "sparsity": (True, set()),
     "randomisation": (False, {"weights"}),
     "randomisation_top": (False, {"weights"}),
@@ -40,9 +42,17 @@ def full_inputs(b: int = 2, h: int = 8, w: int = 8) -> MetricInputs:
     maps = (maps - maps.amin((1, 2), keepdim=True)) / (maps.amax((1, 2), keepdim=True) - maps.amin((1, 2), keepdim=True))
     masks = torch.zeros(b, h, w, dtype=torch.bool)
     masks[:, 2:5, 3:6] = True
+    images = torch.rand(b, 3, h, w, generator=g)
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        # class 1 once the image is far from every clean one: salt-and-pepper at 0.02 (mean |Δ| about
+        # 0.01) keeps class 0, Gaussian σ = 0.2 (about 0.14) changes it
+        far = (x[:, None] - images[None]).abs().mean((2, 3, 4)).amin(1) > 0.03
+        return torch.stack([torch.zeros(len(x)), far.float()], 1)
+
     return MetricInputs(
         maps=maps,
-        images=torch.rand(b, 3, h, w, generator=g),
+        images=images,
         targets=torch.zeros(b, dtype=torch.long),
         masks=masks,
         score_fn=prob,
@@ -51,6 +61,7 @@ def full_inputs(b: int = 2, h: int = 8, w: int = 8) -> MetricInputs:
         model=torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.Flatten(), torch.nn.Linear(2 * h * w, 3)),
         explain_with=lambda module, x, t: maps.flip(1),
         stage_layers=["0"],
+        predict_fn=predict,
     )
 
 

@@ -30,7 +30,7 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
                              "(uniform noise) and center (centred Gaussian); default: " + DEFAULT_METHODS)
     parser.add_argument("--metrics", default=DEFAULT_METRICS, help="comma-separated metric names (iou, iou@0.5, "
                         "energy_pg, pointing_game, com_dist, deletion, insertion, avg_drop, avg_increase, "
-                        "finer_drop, road, road_morf, road_lerf, robustness, sparsity, and the sanity checks "
+                        "finer_drop, road, road_morf, road_lerf, robustness, consistency, responsiveness, sparsity, and the sanity checks "
                         "randomisation, randomisation_top, class_sensitivity, class_sensitivity_top2); default: "
                         + DEFAULT_METRICS)
     parser.add_argument("--model", default="builtin",

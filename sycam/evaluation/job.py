@@ -33,7 +33,7 @@ from sycam.evaluation.results import EvalResult, assemble
 from sycam.files import check_writable
 from sycam.lang import ast as A
 from sycam.metrics import ExplainFn, Metric, MetricInputs, ScoreFn
-from sycam.metrics.base import ExplainWith
+from sycam.metrics.base import ExplainWith, PredictFn
 from sycam.models.bundle import ModelBundle
 from sycam.workbench import Workbench, merge_requests
 
@@ -219,12 +219,13 @@ def _capture_groups(plan: _Plan, caps: Captures, bundle: ModelBundle, wb: Workbe
 def metric_inputs(metric: Metric, maps: Tensor, images: Tensor, targets: Tensor, masks: Tensor | None,
                   score_fn: ScoreFn | None, explain_fn: ExplainFn | None, logits: Tensor | None = None,
                   model: nn.Module | None = None, explain_with: ExplainWith | None = None,
-                  stage_layers: Sequence[str] | None = None) -> MetricInputs:
+                  stage_layers: Sequence[str] | None = None, predict_fn: PredictFn | None = None) -> MetricInputs:
     """What ``metric`` is given for one method on one batch: the method's ``maps`` of the valid
     images with those images (in [0, 1]), targets and masks, plus the model's score function, its
     logits, the method as an explainer of new images (``explain_fn``) and of the same images with
     another copy of the model (``explain_with``, for the randomisation check) where the metric
-    needs them (``metric.needs``). The one place the job builds :class:`MetricInputs`."""
+    needs them (``metric.needs``), and the model's logits on new images (``predict_fn``, for the
+    noise-robustness metrics). The one place the job builds :class:`MetricInputs`."""
     return MetricInputs(
         maps=maps, images=images, targets=targets, masks=masks,
         score_fn=score_fn if "model" in metric.needs else None,
@@ -233,6 +234,7 @@ def metric_inputs(metric: Metric, maps: Tensor, images: Tensor, targets: Tensor,
         model=model if "weights" in metric.needs else None,
         explain_with=explain_with if "weights" in metric.needs else None,
         stage_layers=stage_layers or None,
+        predict_fn=predict_fn if "predict" in metric.needs else None,
     )
 
 
@@ -287,7 +289,7 @@ def _run_batch(meths: Sequence[Method], mets: Sequence[Metric], plan: _Plan, gro
             logits = logits if all_good else logits[sel]
         for j, k in enumerate(mets):
             inputs = metric_inputs(k, maps, images, targets, masks, score_fn, explain, logits, wb.bundle.module,
-                                   explain_with, wb.bundle.stage_layers)
+                                   explain_with, wb.bundle.stage_layers, wb.logits)
             _sync(dev)
             t0 = time.perf_counter()
             try:

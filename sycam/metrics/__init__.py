@@ -1,4 +1,5 @@
-"""Saliency metrics: localisation, faithfulness, robustness, complexity, sanity checks (batched torch).
+"""Saliency metrics: localisation, faithfulness, robustness, noise robustness, complexity, sanity checks
+(batched torch).
 
 ``get_metric(name, **options)`` builds a metric by its CLI name; ``iou@T`` (e.g. ``iou@0.5``)
 is the fixed-threshold IoU family. Each metric maps :class:`MetricInputs` to per-image float32
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from sycam.metrics.base import ExplainFn, ExplainWith, Metric, MetricInputs, ScoreFn, validate_inputs
+from sycam.metrics.base import ExplainFn, ExplainWith, Metric, MetricInputs, PredictFn, ScoreFn, validate_inputs
 from sycam.metrics.cascade import RandomisationStep, cascading_randomisation, randomisation_steps
 from sycam.metrics.complexity import Sparsity, gini
 from sycam.metrics.faithfulness import (
@@ -34,6 +35,7 @@ from sycam.metrics.localisation import (
     otsu_thresholds,
     parse_iou_at,
 )
+from sycam.metrics.noise import DEFAULT_LEVELS, NOISE_FAMILIES, Consistency, Responsiveness, add_noise
 from sycam.metrics.robustness import Robustness, pearson_maps
 from sycam.metrics.sanity import (
     THRESHOLDS,
@@ -61,6 +63,8 @@ METRICS: dict[str, Callable[..., Metric]] = {
     "road_lerf": RoadLeRF,
     "road": Road,
     "robustness": Robustness,
+    "consistency": Consistency,
+    "responsiveness": Responsiveness,
     "sparsity": Sparsity,
     "randomisation": ModelRandomisation,
     "randomisation_top": RandomisationTop,
@@ -94,13 +98,16 @@ def list_metrics() -> list[str]:
 
 
 __all__ = [
+    "DEFAULT_LEVELS",
     "METRICS",
+    "NOISE_FAMILIES",
     "THRESHOLDS",
     "AverageDrop",
     "AverageIncrease",
     "CentreOfMassDistance",
     "ClassSensitivity",
     "ClassSensitivityTop2",
+    "Consistency",
     "Deletion",
     "EnergyPointingGame",
     "ExplainFn",
@@ -112,8 +119,10 @@ __all__ = [
     "ModelRandomisation",
     "OtsuIoU",
     "PointingGame",
+    "PredictFn",
     "RandomisationStep",
     "RandomisationTop",
+    "Responsiveness",
     "Road",
     "RoadLeRF",
     "RoadMoRF",
@@ -121,6 +130,7 @@ __all__ = [
     "ScoreFn",
     "Sparsity",
     "ThresholdIoU",
+    "add_noise",
     "bootstrap_ci",
     "cascading_randomisation",
     "dilate_disc",

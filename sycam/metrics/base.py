@@ -5,7 +5,8 @@ where they need them, the images, the targets, a ground-truth mask, a ``score_fn
 target probability on perturbed images) and an ``explain_fn`` (the explainer under test, re-run
 on perturbed images), and for the sanity checks the model's ``logits`` on the images, the
 ``model`` itself and ``explain_with`` (the explainer re-run with another copy of the model: the
-metrics never change the user's model). Every metric returns one float32 value per image, NaN where the metric is
+metrics never change the user's model), and for the noise-robustness metrics ``predict_fn`` (the
+model's logits on perturbed images, whose argmax is the prediction). Every metric returns one float32 value per image, NaN where the metric is
 undefined for that image (each metric's docstring lists those cases); aggregation elsewhere uses
 ``nanmean`` and reports the number of valid values.
 """
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 #: what a metric may need beyond the maps
-NEEDS = frozenset({"mask", "model", "explainer", "logits", "weights"})
+NEEDS = frozenset({"mask", "model", "explainer", "logits", "weights", "predict"})
 
 #: values a little outside [0, 1] are tolerated (float error of resizing / normalisation)
 RANGE_TOL = 1e-4
@@ -27,6 +28,7 @@ RANGE_TOL = 1e-4
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 ExplainFn = Callable[[Tensor, Tensor], Tensor]
 ExplainWith = Callable[[nn.Module, Tensor, Tensor], Tensor]
+PredictFn = Callable[[Tensor], Tensor]
 
 
 @dataclass
@@ -42,7 +44,8 @@ class MetricInputs:
     weights works on a copy) and ``explain_with(module, images01, targets) -> (N, H, W)`` the same
     explainer computed with ``module`` in place of the model (a copy with other weights and the
     same module names); ``stage_layers`` the model's stage layers (the randomisation cascade's
-    blocks; found by a probe where absent).
+    blocks; found by a probe where absent). ``predict_fn(images01 (N,3,H,W)) -> (N, K)`` the model's
+    logits on any images (eval mode, no gradient): the prediction on perturbed copies.
     """
 
     maps: Tensor
@@ -55,13 +58,14 @@ class MetricInputs:
     model: nn.Module | None = None
     explain_with: ExplainWith | None = None
     stage_layers: Sequence[str] | None = None
+    predict_fn: PredictFn | None = None
 
 
 class Metric(ABC):
     """A saliency metric: ``metric(inputs) -> (B,)`` float32 scores on ``inputs.maps.device``.
 
     Subclasses set ``name`` (the CLI name), ``higher_is_better`` and ``needs`` (a subset of
-    ``{"mask", "model", "explainer", "logits", "weights"}``) and implement :meth:`compute`; ``__call__`` validates
+    ``{"mask", "model", "explainer", "logits", "weights", "predict"}``) and implement :meth:`compute`; ``__call__`` validates
     the inputs first, so ``compute`` may assume consistent shapes, dtypes and devices.
     """
 
@@ -104,7 +108,7 @@ def validate_inputs(inputs: MetricInputs, name: str, needs: frozenset[str]) -> N
     ``needs`` "mask" requires ``masks``; "model" requires ``images``, ``targets``, ``score_fn``;
     "explainer" requires ``images``, ``targets``, ``explain_fn``; "logits" requires ``logits``
     ((B, K) finite floating, K ≥ 2); "weights" requires ``images``, ``targets``, ``model`` (an
-    ``nn.Module``) and ``explain_with``.
+    ``nn.Module``) and ``explain_with``; "predict" requires ``images``, ``targets`` and ``predict_fn``.
     """
     unknown = set(needs) - NEEDS
     if unknown:
@@ -132,7 +136,7 @@ def validate_inputs(inputs: MetricInputs, name: str, needs: frozenset[str]) -> N
     missing: list[str] = []
     if "mask" in needs and inputs.masks is None:
         missing.append("masks (ground-truth (B, H, W) bool)")
-    if "model" in needs or "explainer" in needs or "weights" in needs:
+    if needs & {"model", "explainer", "weights", "predict"}:
         if inputs.images is None:
             missing.append("images ((B, 3, H, W) in [0, 1])")
         if inputs.targets is None:
@@ -147,6 +151,8 @@ def validate_inputs(inputs: MetricInputs, name: str, needs: frozenset[str]) -> N
         missing.append("model (the nn.Module explained)")
     if "weights" in needs and inputs.explain_with is None:
         missing.append("explain_with (module, images01, targets) -> maps")
+    if "predict" in needs and inputs.predict_fn is None:
+        missing.append("predict_fn (images01) -> logits")
     if missing:
         raise ValueError(f"metric {name!r} needs {', '.join(missing)}, which the inputs lack")
 
@@ -191,7 +197,7 @@ def validate_inputs(inputs: MetricInputs, name: str, needs: frozenset[str]) -> N
             raise ValueError(f"metric {name!r}: target {int(inputs.targets.max())} out of range for {lg.shape[1]} logits")
     if inputs.model is not None and not isinstance(inputs.model, nn.Module):
         raise TypeError(f"metric {name!r}: model must be an nn.Module, got {type(inputs.model).__name__}")
-    for fn_name in ("score_fn", "explain_fn", "explain_with"):
+    for fn_name in ("score_fn", "explain_fn", "explain_with", "predict_fn"):
         fn = getattr(inputs, fn_name)
         if fn is not None and not callable(fn):
             raise TypeError(f"metric {name!r}: {fn_name} must be callable, got {type(fn).__name__}")
