@@ -94,3 +94,8 @@ def as_sycam(err: BaseException, kind: type[SycamError] = SycamError) -> SycamEr
 
 class ParamError(SycamError, ValueError):
     """A ``?param`` value that is missing, unknown or outside its range."""
+
+
+class MetricError(SycamError, ValueError):
+    """A metric given options or inputs it cannot use (an unknown noise family, maps of the wrong
+    shape): the message names the metric and the value."""

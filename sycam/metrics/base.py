@@ -19,6 +19,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from sycam.errors import MetricError
+
 #: what a metric may need beyond the maps
 NEEDS = frozenset({"mask", "model", "explainer", "logits", "weights", "predict"})
 
@@ -112,22 +114,22 @@ def validate_inputs(inputs: MetricInputs, name: str, needs: frozenset[str]) -> N
     """
     unknown = set(needs) - NEEDS
     if unknown:
-        raise ValueError(f"metric {name!r} declares unknown needs {sorted(unknown)}; allowed: {sorted(NEEDS)}")
+        raise MetricError(f"metric {name!r} declares unknown needs {sorted(unknown)}; allowed: {sorted(NEEDS)}")
     maps = inputs.maps
     if not isinstance(maps, Tensor):
         raise TypeError(f"metric {name!r}: maps must be a torch.Tensor, got {type(maps).__name__}")
     if maps.dim() != 3:
-        raise ValueError(f"metric {name!r}: maps must be (B, H, W), got shape {tuple(maps.shape)}")
+        raise MetricError(f"metric {name!r}: maps must be (B, H, W), got shape {tuple(maps.shape)}")
     if not maps.is_floating_point():
         raise TypeError(f"metric {name!r}: maps must be floating point, got {maps.dtype}")
     if maps.shape[0] == 0 or maps.shape[1] == 0 or maps.shape[2] == 0:
-        raise ValueError(f"metric {name!r}: maps must be non-empty, got shape {tuple(maps.shape)}")
+        raise MetricError(f"metric {name!r}: maps must be non-empty, got shape {tuple(maps.shape)}")
     if not bool(torch.isfinite(maps).all()):
         bad = int((~torch.isfinite(maps)).sum())
-        raise ValueError(f"metric {name!r}: maps contain {bad} non-finite values (NaN/inf)")
+        raise MetricError(f"metric {name!r}: maps contain {bad} non-finite values (NaN/inf)")
     lo, hi = float(maps.min()), float(maps.max())
     if lo < -RANGE_TOL or hi > 1 + RANGE_TOL:
-        raise ValueError(
+        raise MetricError(
             f"metric {name!r}: maps must be min-max normalised to [0, 1], got values in [{lo:.4g}, {hi:.4g}]"
         )
     b, h, w = maps.shape
@@ -154,47 +156,47 @@ def validate_inputs(inputs: MetricInputs, name: str, needs: frozenset[str]) -> N
     if "predict" in needs and inputs.predict_fn is None:
         missing.append("predict_fn (images01) -> logits")
     if missing:
-        raise ValueError(f"metric {name!r} needs {', '.join(missing)}, which the inputs lack")
+        raise MetricError(f"metric {name!r} needs {', '.join(missing)}, which the inputs lack")
 
     if inputs.masks is not None:
         m = inputs.masks
         if m.shape != maps.shape:
-            raise ValueError(f"metric {name!r}: masks shape {tuple(m.shape)} != maps shape {tuple(maps.shape)}")
+            raise MetricError(f"metric {name!r}: masks shape {tuple(m.shape)} != maps shape {tuple(maps.shape)}")
         if m.dtype != torch.bool:
             raise TypeError(f"metric {name!r}: masks must be bool, got {m.dtype}")
         if m.device != dev:
-            raise ValueError(f"metric {name!r}: masks on {m.device}, maps on {dev}")
+            raise MetricError(f"metric {name!r}: masks on {m.device}, maps on {dev}")
     if inputs.images is not None:
         im = inputs.images
         if im.dim() != 4 or im.shape[0] != b or im.shape[1] != 3 or im.shape[2:] != maps.shape[1:]:
-            raise ValueError(
+            raise MetricError(
                 f"metric {name!r}: images shape {tuple(im.shape)} does not match maps shape "
                 f"{tuple(maps.shape)} (expected ({b}, 3, {h}, {w}))"
             )
         if not im.is_floating_point():
             raise TypeError(f"metric {name!r}: images must be floating point in [0, 1], got {im.dtype}")
         if im.device != dev:
-            raise ValueError(f"metric {name!r}: images on {im.device}, maps on {dev}")
+            raise MetricError(f"metric {name!r}: images on {im.device}, maps on {dev}")
     if inputs.targets is not None:
         t = inputs.targets
         if t.shape != (b,):
-            raise ValueError(f"metric {name!r}: targets shape {tuple(t.shape)} != ({b},) (one per map)")
+            raise MetricError(f"metric {name!r}: targets shape {tuple(t.shape)} != ({b},) (one per map)")
         if t.is_floating_point() or t.dtype == torch.bool:
             raise TypeError(f"metric {name!r}: targets must be an integer tensor, got {t.dtype}")
         if t.device != dev:
-            raise ValueError(f"metric {name!r}: targets on {t.device}, maps on {dev}")
+            raise MetricError(f"metric {name!r}: targets on {t.device}, maps on {dev}")
     if inputs.logits is not None:
         lg = inputs.logits
         if not isinstance(lg, Tensor) or lg.dim() != 2 or lg.shape[0] != b or lg.shape[1] < 2:
             got = tuple(lg.shape) if isinstance(lg, Tensor) else type(lg).__name__
-            raise ValueError(f"metric {name!r}: logits must be (B, K) = ({b}, K >= 2), got {got}")
+            raise MetricError(f"metric {name!r}: logits must be (B, K) = ({b}, K >= 2), got {got}")
         if not lg.is_floating_point() or not bool(torch.isfinite(lg).all()):
-            raise ValueError(f"metric {name!r}: logits must be finite floating point, got {lg.dtype}"
+            raise MetricError(f"metric {name!r}: logits must be finite floating point, got {lg.dtype}"
                              + ("" if not lg.is_floating_point() else " with non-finite values"))
         if lg.device != dev:
-            raise ValueError(f"metric {name!r}: logits on {lg.device}, maps on {dev}")
+            raise MetricError(f"metric {name!r}: logits on {lg.device}, maps on {dev}")
         if inputs.targets is not None and inputs.targets.numel() and int(inputs.targets.max()) >= lg.shape[1]:
-            raise ValueError(f"metric {name!r}: target {int(inputs.targets.max())} out of range for {lg.shape[1]} logits")
+            raise MetricError(f"metric {name!r}: target {int(inputs.targets.max())} out of range for {lg.shape[1]} logits")
     if inputs.model is not None and not isinstance(inputs.model, nn.Module):
         raise TypeError(f"metric {name!r}: model must be an nn.Module, got {type(inputs.model).__name__}")
     for fn_name in ("score_fn", "explain_fn", "explain_with", "predict_fn"):
@@ -206,7 +208,7 @@ def validate_inputs(inputs: MetricInputs, name: str, needs: frozenset[str]) -> N
 def check_chunk_size(chunk_size: int, where: str) -> int:
     """Return ``chunk_size`` if it is a positive int, else raise naming ``where``."""
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise ValueError(f"{where}: chunk_size must be a positive int, got {chunk_size!r}")
+        raise MetricError(f"{where}: chunk_size must be a positive int, got {chunk_size!r}")
     return chunk_size
 
 
@@ -215,11 +217,11 @@ def check_scores(p: Tensor, n: int, where: str) -> Tensor:
     if not isinstance(p, Tensor):
         raise TypeError(f"{where}: score_fn must return a torch.Tensor, got {type(p).__name__}")
     if p.shape != (n,):
-        raise ValueError(f"{where}: score_fn returned shape {tuple(p.shape)} for {n} images, expected ({n},)")
+        raise MetricError(f"{where}: score_fn returned shape {tuple(p.shape)} for {n} images, expected ({n},)")
     if not bool(torch.isfinite(p).all()):
-        raise ValueError(f"{where}: score_fn returned non-finite values")
+        raise MetricError(f"{where}: score_fn returned non-finite values")
     if n and (float(p.min()) < -RANGE_TOL or float(p.max()) > 1 + RANGE_TOL):
-        raise ValueError(
+        raise MetricError(
             f"{where}: score_fn must return target probabilities in [0, 1], got values in "
             f"[{float(p.min()):.4g}, {float(p.max()):.4g}] (pass softmax probabilities, not logits)"
         )

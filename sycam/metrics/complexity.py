@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sycam.errors import MetricError
 from sycam.metrics.base import Metric, MetricInputs
 
 
@@ -17,9 +18,9 @@ def gini(values: Tensor) -> Tensor:
     (no concentration): 0.
     """
     if values.dim() != 2:
-        raise ValueError(f"gini: values must be (B, n), got {tuple(values.shape)}")
+        raise MetricError(f"gini: values must be (B, n), got {tuple(values.shape)}")
     if bool((values < 0).any()):
-        raise ValueError("gini: values must be non-negative")
+        raise MetricError("gini: values must be non-negative")
     v = values.float().sort(dim=1).values
     n = v.shape[1]
     total = v.sum(1)

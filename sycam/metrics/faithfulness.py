@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sycam.errors import MetricError
 from sycam.metrics.base import Metric, MetricInputs, check_chunk_size, score_chunked, validate_inputs
 from sycam.metrics.impute import IMPUTE_SOLVERS, linear_impute
 
@@ -61,9 +62,9 @@ def gaussian_blur(images: Tensor, ksize: int = 11, sigma: float = 5.0) -> Tensor
     Defaults (11, 5) are RISE's insertion substrate (Petsiuk et al. 2018).
     """
     if ksize < 1 or ksize % 2 == 0:
-        raise ValueError(f"gaussian_blur: ksize must be a positive odd int, got {ksize}")
+        raise MetricError(f"gaussian_blur: ksize must be a positive odd int, got {ksize}")
     if sigma <= 0:
-        raise ValueError(f"gaussian_blur: sigma must be > 0, got {sigma}")
+        raise MetricError(f"gaussian_blur: sigma must be > 0, got {sigma}")
     n, c, h, w = images.shape
     half = ksize // 2
     i = torch.arange(-half, half + 1, dtype=images.dtype, device=images.device)
@@ -84,12 +85,12 @@ def make_substrate(images: Tensor, kind: str) -> Tensor:
         return gaussian_blur(images)
     if kind == "mean":
         return images.mean(dim=(2, 3), keepdim=True).expand_as(images).contiguous()
-    raise ValueError(f"unknown substrate {kind!r}; expected one of {SUBSTRATES}")
+    raise MetricError(f"unknown substrate {kind!r}; expected one of {SUBSTRATES}")
 
 
 def _check_substrate(kind: str, where: str) -> str:
     if kind not in SUBSTRATES:
-        raise ValueError(f"{where}: substrate must be one of {SUBSTRATES}, got {kind!r}")
+        raise MetricError(f"{where}: substrate must be one of {SUBSTRATES}, got {kind!r}")
     return kind
 
 
@@ -110,7 +111,7 @@ class _CurveMetric(Metric):
 
     def __init__(self, steps: int = 32, substrate: str = "zeros", chunk_size: int = 64, seed: int = 0) -> None:
         if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"{self.name}: steps must be a positive int, got {steps!r}")
+            raise MetricError(f"{self.name}: steps must be a positive int, got {steps!r}")
         self.steps = steps
         self.substrate = _check_substrate(substrate, self.name)
         self.chunk_size = check_chunk_size(chunk_size, self.name)
@@ -261,7 +262,7 @@ class FinerDrop(Metric):
 
     def __init__(self, fraction: float = 0.05, chunk_size: int = 64, seed: int = 0) -> None:
         if not (0.0 < fraction <= 1.0):
-            raise ValueError(f"finer_drop: fraction must lie in (0, 1], got {fraction}")
+            raise MetricError(f"finer_drop: fraction must lie in (0, 1], got {fraction}")
         self.fraction = float(fraction)
         self.chunk_size = check_chunk_size(chunk_size, self.name)
         self.seed = seed
@@ -296,15 +297,15 @@ class _RoadBase(Metric):
     ) -> None:
         ps = tuple(float(p) for p in percentages)
         if not ps or any(not (0.0 < p < 1.0) for p in ps):
-            raise ValueError(f"{self.name}: percentages must be a non-empty list of fractions in (0, 1), got {percentages!r}")
+            raise MetricError(f"{self.name}: percentages must be a non-empty list of fractions in (0, 1), got {percentages!r}")
         if noise_std < 0:
-            raise ValueError(f"{self.name}: noise_std must be >= 0, got {noise_std}")
+            raise MetricError(f"{self.name}: noise_std must be >= 0, got {noise_std}")
         self.percentages = ps
         self.noise_std = float(noise_std)
         self.chunk_size = check_chunk_size(chunk_size, self.name)
         self.seed = seed
         if solver not in IMPUTE_SOLVERS:
-            raise ValueError(f"{self.name}: solver must be one of {IMPUTE_SOLVERS}, got {solver!r}")
+            raise MetricError(f"{self.name}: solver must be one of {IMPUTE_SOLVERS}, got {solver!r}")
         self.solver = solver
         self.tol = tol
         self.max_iter = max_iter
@@ -318,7 +319,7 @@ class _RoadBase(Metric):
         ranks = pixel_ranks(maps, descending=morf, seed=self.seed)
         counts = torch.tensor([_n_pixels(p, n) for p in self.percentages], device=maps.device)
         if int(counts.max()) >= n:
-            raise ValueError(f"{self.name}: a percentage removes every pixel of a {h}x{w} image")
+            raise MetricError(f"{self.name}: a percentage removes every pixel of a {h}x{w} image")
         levels = len(self.percentages)
         pairs = b * levels
         out = torch.empty(pairs, dtype=torch.float32, device=maps.device)

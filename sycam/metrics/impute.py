@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sycam.errors import MetricError
+
 __all__ = ["IMPUTE_SOLVERS", "linear_impute"]
 
 
@@ -163,16 +165,16 @@ def linear_impute(
     [0, 1] (a convex combination of [0, 1] values stays there up to solver error).
     """
     if images.dim() != 4 or removed.shape != (images.shape[0],) + tuple(images.shape[2:]):
-        raise ValueError(
+        raise MetricError(
             f"linear_impute: images (N, C, H, W) and removed (N, H, W) expected, got "
             f"{tuple(images.shape)} and {tuple(removed.shape)}"
         )
     if removed.dtype != torch.bool:
         raise TypeError(f"linear_impute: removed must be bool, got {removed.dtype}")
     if solver not in IMPUTE_SOLVERS:
-        raise ValueError(f"linear_impute: solver must be one of {IMPUTE_SOLVERS}, got {solver!r}")
+        raise MetricError(f"linear_impute: solver must be one of {IMPUTE_SOLVERS}, got {solver!r}")
     if bool(removed.flatten(1).all(1).any()):
-        raise ValueError("linear_impute: an image has every pixel removed; nothing to impute from")
+        raise MetricError("linear_impute: an image has every pixel removed; nothing to impute from")
     n, c, h, w = images.shape
     if solver == "auto":
         solver = "direct" if images.device.type == "cpu" and _have_scipy() else "cg"

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
+from sycam.errors import MetricError
 from sycam.metrics.base import Metric, MetricInputs
 
 
@@ -79,9 +80,9 @@ def otsu_thresholds(maps: Tensor, bins: int = 256) -> Tensor:
     threshold is 0, i.e. the whole image is foreground.
     """
     if maps.dim() != 3:
-        raise ValueError(f"otsu_thresholds: maps must be (B, H, W), got {tuple(maps.shape)}")
+        raise MetricError(f"otsu_thresholds: maps must be (B, H, W), got {tuple(maps.shape)}")
     if bins < 2:
-        raise ValueError(f"otsu_thresholds: bins must be >= 2, got {bins}")
+        raise MetricError(f"otsu_thresholds: bins must be >= 2, got {bins}")
     b = maps.shape[0]
     image = torch.arange(b, device=maps.device, dtype=torch.int32)[:, None] * (bins + 1)
     counts = _histograms(maps.reshape(b, -1), image, 1, bins)[:, 0]
@@ -159,7 +160,7 @@ class OtsuIoU(Metric):
 
     def __init__(self, bins: int = 256) -> None:
         if bins < 2:
-            raise ValueError(f"iou: bins must be >= 2, got {bins}")
+            raise MetricError(f"iou: bins must be >= 2, got {bins}")
         self.bins = bins
 
     def compute(self, inputs: MetricInputs) -> Tensor:
@@ -183,7 +184,7 @@ class ThresholdIoU(Metric):
     def __init__(self, threshold: float) -> None:
         t = float(threshold)
         if not (0.0 <= t <= 1.0) or math.isnan(t):
-            raise ValueError(f"iou@T: threshold T must lie in [0, 1], got {threshold!r}")
+            raise MetricError(f"iou@T: threshold T must lie in [0, 1], got {threshold!r}")
         self.threshold = t
         self.name = f"iou@{t:g}"
 
@@ -199,7 +200,7 @@ def parse_iou_at(name: str) -> ThresholdIoU | None:
     m = _IOU_AT.match(name.strip())
     if m is None:
         if name.strip().startswith("iou@"):
-            raise ValueError(f"metric {name!r}: expected iou@T with T a number in [0, 1], e.g. iou@0.5")
+            raise MetricError(f"metric {name!r}: expected iou@T with T a number in [0, 1], e.g. iou@0.5")
         return None
     return ThresholdIoU(float(m.group(1)))
 
@@ -212,7 +213,7 @@ def dilate_disc(masks: Tensor, radius: float) -> Tensor:
     ``⌊√(r² − dy²)⌋`` then a shift by ``dy`` — cheap, exact, and device-agnostic.
     """
     if radius < 0:
-        raise ValueError(f"dilate_disc: radius must be >= 0, got {radius}")
+        raise MetricError(f"dilate_disc: radius must be >= 0, got {radius}")
     b, h, w = masks.shape
     m = masks.float().unsqueeze(1)  # (B, 1, H, W)
     out = torch.zeros_like(m)
@@ -254,7 +255,7 @@ class PointingGame(Metric):
 
     def __init__(self, tolerance: float = 15.0) -> None:
         if tolerance < 0:
-            raise ValueError(f"pointing_game: tolerance must be >= 0 pixels, got {tolerance}")
+            raise MetricError(f"pointing_game: tolerance must be >= 0 pixels, got {tolerance}")
         self.tolerance = float(tolerance)
 
     def compute(self, inputs: MetricInputs) -> Tensor:

@@ -48,6 +48,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from sycam.errors import MetricError
 from sycam.metrics.base import RANGE_TOL, Metric, MetricInputs, check_chunk_size
 from sycam.metrics.robustness import pearson_maps
 
@@ -94,7 +95,7 @@ def add_noise(image: Tensor, family: str, level: float, seed: int, key: Sequence
     the same noise on any device), then moved to the image's device.
     """
     if family not in NOISE_FAMILIES:
-        raise ValueError(f"unknown noise family {family!r}; known: {', '.join(NOISE_FAMILIES)}")
+        raise MetricError(f"unknown noise family {family!r}; known: {', '.join(NOISE_FAMILIES)}")
     h = int(seed) % (2**61)
     for k in (_DOMAIN, *key):
         h = (h * 1_000_003 + int(k)) % (2**61)
@@ -125,19 +126,19 @@ class _NoiseMetric(Metric):
                  chunk_size: int = 32) -> None:
         fams = [f.strip() for f in families.split(",")] if isinstance(families, str) else list(families)
         if not fams:
-            raise ValueError(f"{self.name}: give at least one noise family ({', '.join(NOISE_FAMILIES)})")
+            raise MetricError(f"{self.name}: give at least one noise family ({', '.join(NOISE_FAMILIES)})")
         unknown = [f for f in fams if f not in NOISE_FAMILIES]
         if unknown:
-            raise ValueError(f"{self.name}: unknown noise families {unknown}; known: {', '.join(NOISE_FAMILIES)}")
+            raise MetricError(f"{self.name}: unknown noise families {unknown}; known: {', '.join(NOISE_FAMILIES)}")
         table = dict(DEFAULT_LEVELS) if levels is None else {k: tuple(float(v) for v in vs) for k, vs in levels.items()}
         for f in fams:
             lv = table.get(f)
             if not lv:
-                raise ValueError(f"{self.name}: no levels for noise family {f!r}")
+                raise MetricError(f"{self.name}: no levels for noise family {f!r}")
             if any(not (v >= 0) for v in lv) or (f == "salt_pepper" and any(v > 1 for v in lv)):
-                raise ValueError(f"{self.name}: levels of {f!r} must be >= 0 (a density <= 1 for salt_pepper), got {lv}")
+                raise MetricError(f"{self.name}: levels of {f!r} must be >= 0 (a density <= 1 for salt_pepper), got {lv}")
         if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
-            raise ValueError(f"{self.name}: draws must be a positive int, got {draws!r}")
+            raise MetricError(f"{self.name}: draws must be a positive int, got {draws!r}")
         self.families = tuple(fams)
         self.levels = {f: tuple(table[f]) for f in fams}
         self.draws_per_level = draws
@@ -155,7 +156,7 @@ class _NoiseMetric(Metric):
             logits = inputs.predict_fn(x)
         if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
             got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-            raise ValueError(f"{self.name}: predict_fn returned {got} for {x.shape[0]} images, expected (N, K) logits")
+            raise MetricError(f"{self.name}: predict_fn returned {got} for {x.shape[0]} images, expected (N, K) logits")
         return logits.argmax(1).to(inputs.maps.device)
 
     def _explain(self, inputs: MetricInputs, x: Tensor, t: Tensor) -> Tensor:
@@ -164,11 +165,11 @@ class _NoiseMetric(Metric):
         want = (x.shape[0],) + tuple(x.shape[2:])
         if not isinstance(m, Tensor) or tuple(m.shape) != want:
             got = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
-            raise ValueError(f"{self.name}: explain_fn returned {got} for {x.shape[0]} images, expected {want}")
+            raise MetricError(f"{self.name}: explain_fn returned {got} for {x.shape[0]} images, expected {want}")
         if not bool(torch.isfinite(m).all()):
-            raise ValueError(f"{self.name}: explain_fn returned non-finite maps")
+            raise MetricError(f"{self.name}: explain_fn returned non-finite maps")
         if float(m.min()) < -RANGE_TOL or float(m.max()) > 1 + RANGE_TOL:
-            raise ValueError(f"{self.name}: explain_fn must return maps in [0, 1], got "
+            raise MetricError(f"{self.name}: explain_fn must return maps in [0, 1], got "
                              f"[{float(m.min()):.4g}, {float(m.max()):.4g}]")
         return m.detach().to(device=inputs.maps.device, dtype=torch.float32)
 
@@ -179,7 +180,7 @@ class _NoiseMetric(Metric):
         chunk of the selected draws."""
         explain = explain or ("flipped" if self._explains_flipped else "kept")
         if explain not in ("kept", "flipped", "all"):
-            raise ValueError(f"{self.name}: explain must be kept, flipped or all, got {explain!r}")
+            raise MetricError(f"{self.name}: explain must be kept, flipped or all, got {explain!r}")
         images, targets, maps = inputs.images, inputs.targets, inputs.maps
         assert images is not None and targets is not None
         b, d = images.shape[0], len(self.schedule)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sycam.errors import MetricError
 from sycam.metrics.base import RANGE_TOL, Metric, MetricInputs, check_chunk_size, score_chunked
 from sycam.metrics.faithfulness import seeded_normal
 
@@ -16,7 +17,7 @@ def pearson_maps(a: Tensor, b: Tensor) -> Tensor:
     explanation) and r = 0 when exactly one is (nothing in common).
     """
     if a.shape != b.shape or a.dim() != 3:
-        raise ValueError(f"pearson_maps: expected two (N, H, W) tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise MetricError(f"pearson_maps: expected two (N, H, W) tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     a, b = a.flatten(1).float(), b.flatten(1).float()
     const_a = a.amax(1) == a.amin(1)
     const_b = b.amax(1) == b.amin(1)
@@ -59,11 +60,11 @@ class Robustness(Metric):
         self, n_samples: int = 4, sigma: float = 0.05, min_ratio: float = 0.5, chunk_size: int = 64, seed: int = 0
     ) -> None:
         if not isinstance(n_samples, int) or n_samples < 1:
-            raise ValueError(f"robustness: n_samples must be a positive int, got {n_samples!r}")
+            raise MetricError(f"robustness: n_samples must be a positive int, got {n_samples!r}")
         if sigma < 0:
-            raise ValueError(f"robustness: sigma must be >= 0, got {sigma}")
+            raise MetricError(f"robustness: sigma must be >= 0, got {sigma}")
         if not (0.0 <= min_ratio <= 1.0):
-            raise ValueError(f"robustness: min_ratio must lie in [0, 1], got {min_ratio}")
+            raise MetricError(f"robustness: min_ratio must lie in [0, 1], got {min_ratio}")
         self.n_samples = n_samples
         self.sigma = float(sigma)
         self.min_ratio = float(min_ratio)
@@ -76,11 +77,11 @@ class Robustness(Metric):
         want = (x.shape[0],) + tuple(x.shape[2:])
         if not isinstance(m, Tensor) or tuple(m.shape) != want:
             got = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
-            raise ValueError(f"robustness: explain_fn returned {got} for {x.shape[0]} images, expected {want}")
+            raise MetricError(f"robustness: explain_fn returned {got} for {x.shape[0]} images, expected {want}")
         if not bool(torch.isfinite(m).all()):
-            raise ValueError("robustness: explain_fn returned non-finite maps")
+            raise MetricError("robustness: explain_fn returned non-finite maps")
         if float(m.min()) < -RANGE_TOL or float(m.max()) > 1 + RANGE_TOL:
-            raise ValueError(
+            raise MetricError(
                 f"robustness: explain_fn must return maps in [0, 1], got [{float(m.min()):.4g}, {float(m.max()):.4g}]"
             )
         return m.detach().to(inputs.maps.device)

@@ -22,6 +22,7 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
+from sycam.errors import MetricError
 from sycam.metrics.base import RANGE_TOL, Metric, MetricInputs, validate_inputs
 from sycam.metrics.cascade import GRANULARITIES, cascading_randomisation, randomisation_steps
 
@@ -71,11 +72,11 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     """
     if not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.shape != b.shape or a.dim() != 3:
         got = [tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in (a, b)]
-        raise ValueError(f"spearman: expected two (B, H, W) tensors of one shape, got {got[0]} and {got[1]}")
+        raise MetricError(f"spearman: expected two (B, H, W) tensors of one shape, got {got[0]} and {got[1]}")
     if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
-        raise ValueError("spearman: maps contain NaN or Inf")
+        raise MetricError("spearman: maps contain NaN or Inf")
     if a.device != b.device:
-        raise ValueError(f"spearman: maps on different devices ({a.device}, {b.device})")
+        raise MetricError(f"spearman: maps on different devices ({a.device}, {b.device})")
     n = a.shape[1] * a.shape[2]
     ra = average_ranks(a.reshape(a.shape[0], n)) - (n + 1) / 2
     rb = average_ranks(b.reshape(b.shape[0], n)) - (n + 1) / 2
@@ -104,11 +105,11 @@ def similarity(ref: Tensor, other: Tensor) -> Tensor:
 def _checked_maps(m: object, want: tuple[int, ...], where: str, device: torch.device) -> Tensor:
     if not isinstance(m, Tensor) or tuple(m.shape) != want:
         got = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
-        raise ValueError(f"{where} returned {got}, expected maps of shape {want}")
+        raise MetricError(f"{where} returned {got}, expected maps of shape {want}")
     if not bool(torch.isfinite(m).all()):
-        raise ValueError(f"{where} returned non-finite maps")
+        raise MetricError(f"{where} returned non-finite maps")
     if float(m.min()) < -RANGE_TOL or float(m.max()) > 1 + RANGE_TOL:
-        raise ValueError(f"{where} must return maps in [0, 1], got [{float(m.min()):.4g}, {float(m.max()):.4g}]")
+        raise MetricError(f"{where} must return maps in [0, 1], got [{float(m.min()):.4g}, {float(m.max()):.4g}]")
     return m.detach().to(device=device, dtype=torch.float32)
 
 
@@ -151,9 +152,9 @@ class ModelRandomisation(Metric):
 
     def __init__(self, granularity: str = "blocks", seed: int = 0, max_steps: int | None = None) -> None:
         if granularity not in GRANULARITIES:
-            raise ValueError(f"{self.name}: granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+            raise MetricError(f"{self.name}: granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
         if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
-            raise ValueError(f"{self.name}: max_steps must be a positive int or None, got {max_steps!r}")
+            raise MetricError(f"{self.name}: max_steps must be a positive int or None, got {max_steps!r}")
         self.granularity = granularity
         self.seed = int(seed)
         self.max_steps = max_steps
@@ -185,7 +186,7 @@ class ModelRandomisation(Metric):
         """The metric's value from :meth:`per_step`'s output: the mean of |ρ_k| over the steps where
         it is defined (NaN where none is)."""
         if not per_step:
-            raise ValueError("randomisation: no steps to summarise")
+            raise MetricError("randomisation: no steps to summarise")
         return torch.stack(list(per_step.values())).abs().nanmean(0)
 
     def compute(self, inputs: MetricInputs) -> Tensor:
@@ -219,7 +220,7 @@ def other_classes(targets: Tensor, num_classes: int, seed: int) -> Tensor:
     generator seeded with ``(seed, i)``, so it is reproducible and the same for every method
     scored on the batch."""
     if num_classes < 2:
-        raise ValueError(f"class sensitivity needs at least 2 classes, got {num_classes}")
+        raise MetricError(f"class sensitivity needs at least 2 classes, got {num_classes}")
     u = torch.empty(len(targets), dtype=torch.long)
     for i in range(len(targets)):
         g = torch.Generator().manual_seed((int(seed) * 1_000_003 + 104_729 + i) % (2**63))
@@ -288,7 +289,7 @@ class ClassSensitivityTop2(ClassSensitivity):
     def other(self, inputs: MetricInputs) -> Tensor:
         assert inputs.logits is not None and inputs.targets is not None
         if inputs.logits.shape[1] < 2:
-            raise ValueError(f"{self.name}: needs at least 2 classes, got {inputs.logits.shape[1]}")
+            raise MetricError(f"{self.name}: needs at least 2 classes, got {inputs.logits.shape[1]}")
         masked = inputs.logits.detach().float().clone()
         masked.scatter_(1, inputs.targets.view(-1, 1).to(masked.device), float("-inf"))
         return masked.argmax(1).to(inputs.targets.device)

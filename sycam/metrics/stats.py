@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sycam.errors import MetricError
+
 
 def bootstrap_ci(
     values: Tensor | np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
@@ -26,11 +28,11 @@ def bootstrap_ci(
         arr = np.asarray(values, dtype=np.float64)
     arr = arr.reshape(-1)
     if not isinstance(n_boot, int) or n_boot < 1:
-        raise ValueError(f"bootstrap_ci: n_boot must be a positive int, got {n_boot!r}")
+        raise MetricError(f"bootstrap_ci: n_boot must be a positive int, got {n_boot!r}")
     if not (0.0 < alpha < 1.0):
-        raise ValueError(f"bootstrap_ci: alpha must lie in (0, 1), got {alpha}")
+        raise MetricError(f"bootstrap_ci: alpha must lie in (0, 1), got {alpha}")
     if np.isinf(arr).any():
-        raise ValueError("bootstrap_ci: values contain ±inf")
+        raise MetricError("bootstrap_ci: values contain ±inf")
     vals = arr[~np.isnan(arr)]
     n = int(vals.size)
     if n == 0:
