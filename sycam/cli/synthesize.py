@@ -53,6 +53,9 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
                         help=f"metrics --no-worse-than compares on (default {','.join(NO_WORSE_SUITE)})")
     parser.add_argument("--split-seed", type=int, default=None,
                         help="re-draw the train/val/test partition of a real dataset with this seed (default: the dataset's own)")
+    parser.add_argument("--folds", type=int, default=0, metavar="K",
+                        help="cross-validate the selection: K folds of the validation images say how much of the best "
+                             "program's validation score is selection (default 0: off)")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="N processes on this machine share the search (each with 1/N of the torch threads); the hall of "
                              "fame is chosen once, when all have finished (default 1)")
@@ -86,7 +89,7 @@ def run(name: str, args: argparse.Namespace) -> int:
         max_size=args.max_size, references=_split(args.references) if args.references else REFERENCES,
         targets=args.targets, device=args.device, progress=not args.quiet, enumerate=not args.no_enumerate,
         sanity=args.sanity, sanity_images=args.sanity_images, pool=args.pool, no_worse_than=args.no_worse_than,
-        suite=_split(args.suite), split_seed=args.split_seed, workers=args.workers, worker=worker,
+        suite=_split(args.suite), split_seed=args.split_seed, folds=args.folds, workers=args.workers, worker=worker,
         racing=not args.no_racing,
     )
     result = synthesize(cfg)

@@ -5,6 +5,7 @@ returns (and writes as ``summary.json``), so a finished run can be printed again
 """
 from __future__ import annotations
 
+from sycam.search.folds import format_cross_validation
 from sycam.search.hall import fmt, fmt_ci
 from sycam.search.sanity import CHECKS
 
@@ -76,6 +77,7 @@ def format_hall(result: dict) -> str:
     for key, cmp in result.get("comparisons", {}).items():
         lines.append(f"  vs the {labels[key]} ({cmp['reference']}): paired difference {cmp['difference']:+.3f} "
                      f"{fmt_ci(cmp['ci'])} over {cmp['images']} test images")
+    lines += format_cross_validation(result.get("cross_validation"), metric)
     lines += _sanity_notes(result)
     s = result.get("stats", {})
     e = s.get("enumeration", {})

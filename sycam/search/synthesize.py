@@ -43,6 +43,7 @@ from sycam.lang.simplify import simplified_text, simplify
 from sycam.search.budget import Clock, FinalCost
 from sycam.search.claims import Claims
 from sycam.search.enumerate import Enumerator
+from sycam.search.folds import check_folds, cross_validate_selection
 from sycam.search.hall import (MIN_VAL_IMAGES, Row, distinct_structures, fmt, interval, nan_last, paired_difference,
                                pareto_front)
 from sycam.search.loop import Journal, Racer, probe_costs, pruner
@@ -87,6 +88,7 @@ class SynthConfig:
     no_worse_than: str | None = None  # a reference the hall of fame must match on every metric of `suite`
     suite: Sequence[str] = NO_WORSE_SUITE
     split_seed: int | None = None  # re-draw the train/val/test partition of the data
+    folds: int = 0  # K >= 2: cross-validate the selection on validation (sycam.search.folds); 0: off
     workers: int = 1  # processes on this machine sharing the study (sycam.search.workers)
     worker: tuple[int, int] | None = None  # (I, N): this process does share I of N (enumerated programs, trials)
     report: bool = True  # False: search only (a worker); the hall of fame is chosen once, after all workers
@@ -164,6 +166,9 @@ class Synthesis:
         size = self.bundle.input_size[0] if cfg.data != "builtin" else None
         self.datasets = {split: open_dataset(cfg.data, split=split, size=size, limit=limit, split_seed=cfg.split_seed)
                          for split, limit in (("train", cfg.train_limit), ("val", cfg.val_limit), ("test", cfg.test_limit))}
+        if cfg.folds and len(cfg.metrics) > 1:
+            raise SycamError("--folds cross-validates the choice of one best program: give it with one --metric")
+        check_folds(cfg.folds, len(self.datasets["val"]))  # before any work
         self.history: list[dict[str, float]] = []
         self.t0 = self.clock.t0
         self.clock.seconds["load"] = self.clock.now()
@@ -464,7 +469,7 @@ class Synthesis:
         # validation and test scores are streamed, one batch of captures at a time (references may
         # need layers the search did not cache, e.g. every conv). References are not searched, so
         # they get no train score: a pass over the train split for every conv layer cost minutes
-        self._score_split("val", request, everything, compiled)
+        val_values = self._score_split("val", request, everything, compiled)
 
         warnings: list[str] = []
         n_val = len(self.datasets["val"])
@@ -506,6 +511,12 @@ class Synthesis:
         for i, row in enumerate(hall):
             row.name = f"best{i + 1}"
         best = hall[0]
+        cross_validation = None
+        if cfg.folds and single:  # the selection among every eligible program, cross-validated
+            per_row = {id(r): v for r, v in zip(everything, val_values)}
+            cross_validation = cross_validate_selection(
+                [per_row[id(r)][primary.name].numpy() for r in eligible], [r.program for r in eligible], best.program,
+                cfg.folds, sign, cfg.seed)
         by_test = lambda r: sign * nan_last(r.test[primary.name], sign)  # noqa: E731
         best_ref = max(ref_rows, key=by_test) if ref_rows else None
         passing_refs = [r for r in ref_rows if r.passes]
@@ -522,7 +533,7 @@ class Synthesis:
                                                       targets=cfg.targets, device=self.device, progress=False))
         return {"metric": primary.name, "sanity": cfg.sanity, "thresholds": thresholds() if cfg.sanity != "off" else {},
                 "best": asdict(best), "best_reference": asdict(best_ref) if best_ref else None,
-                "comparisons": comparisons, "warnings": warnings, "no_worse_than": cfg.no_worse_than,
+                "comparisons": comparisons, "cross_validation": cross_validation, "warnings": warnings, "no_worse_than": cfg.no_worse_than,
                 "hall_of_fame": [asdict(r) for r in hall], "references": [asdict(r) for r in ref_rows],
                 "rejected": [asdict(r) for r in rejected], "failing": [asdict(r) for r in rows if r.failed], "pool": len(rows), "out": str(self.out)}
 
