@@ -133,12 +133,13 @@ class _Checker:
             return LayersType(body, _selection(node.selection))
         if isinstance(node, A.Fuse):
             maps = self.infer(node.maps, in_each)
-            if isinstance(maps, Type) and maps.kind == "Map":  # one Map: fuse only moves it to the grid
+            if isinstance(maps, Type) and maps.kind == "Map" and node.grid == "input":  # one Map: moved to the input grid
                 if node.weights is not None:
                     raise self.fail(node.weights, "fuse(...) of a single Map takes no weights (weights are one number per layer)")
-                return Type("Map", "fused:input") if node.grid == "input" else maps
+                return Type("Map", "fused:input")
             if not (isinstance(maps, LayersType) and maps.elem.kind == "Map"):
-                raise self.fail(node, f"fuse(...) needs Layers<Map> (from each(SEL, <a Map>)) or a Map as its first argument, got {maps}")
+                hint = " (a single Map only moves to the input grid: fuse(m, mean, input))" if maps.kind == "Map" else ""
+                raise self.fail(node, f"fuse(...) needs Layers<Map> (from each(SEL, <a Map>)) as its first argument, got {maps}{hint}")
             if node.weights is not None:
                 weights = self.infer(node.weights, in_each)
                 if not (isinstance(weights, LayersType) and weights.elem.kind == "Scalar"):
