@@ -357,14 +357,21 @@ def _to_grid(m: Tensor, size: tuple[int, int]) -> Tensor:
     return F.adaptive_avg_pool2d(m[:, None], size)[:, 0]
 
 
+MI_SNAP = 1e-4  # a value this close below a bin edge (in bin widths) counts in the bin above
+
+
 def _bins(v: Tensor, nb: int) -> Tensor:
-    """Bin index (R, N) of each value: ``nb`` equal bins over each row's [min, max], the max in the
-    last bin; a constant row lies in bin 0."""
+    """Bin index (R, N) of each value: ``nb`` equal bins over each row's [min, max],
+    ``min(floor(nb (v - min) / (max - min) + 1e-4), nb - 1)``; a constant row lies in bin 0.
+
+    The 1e-4 snaps values that lie on an edge in exact arithmetic (bilinear upsampling makes many:
+    it interpolates at multiples of 1/16 between cells) to the bin above, in float32 and float64
+    alike; without it float rounding decides their bin."""
     lo, hi = v.amin(1, keepdim=True), v.amax(1, keepdim=True)
     rng = hi - lo
     ok = rng > 0
     scaled = (v - lo) / torch.where(ok, rng, torch.ones_like(rng))
-    idx = (scaled * nb).floor().clamp_(0, nb - 1).long()
+    idx = (scaled * nb + MI_SNAP).floor().clamp_(0, nb - 1).long()
     return torch.where(ok, idx, torch.zeros_like(idx))
 
 
@@ -383,7 +390,7 @@ def mutual_info(x: Tensor, m: Tensor) -> Tensor:
     Estimate (the paper's estimator was not reachable; this is sycam's, documented): both are put on
     the grid ``(min(H', 56), min(W', 56))`` (:func:`_to_grid`: x is upsampled bilinearly, as
     Score-CAM upsamples its masks; a larger image is area-averaged down), each variable is cut into
-    16 equal bins over its own [min, max] in the image (per channel for x), and
+    16 equal bins over its own [min, max] in the image (per channel for x; :func:`_bins`), and
     ``I = H(x) + H(m) - H(x, m)`` in nats from the 16 x 16 joint histogram of the N grid cells.
     A constant channel has I = 0. MI is unchanged by a positive affine change of either variable.
     """
