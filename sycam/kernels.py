@@ -8,6 +8,11 @@ finite input into NaN or Inf except through genuine overflow, which the compiler
 The table of operators (:mod:`sycam.lang.ops`) names each operator's kernel: a torch function, or
 one of this module's kernels registered with :func:`kernel` (:data:`KERNELS`); :func:`resolve`
 turns the name into the function.
+
+Why one module of ~500 lines: it is the one registry the table's kernel names resolve in
+(``tests/test_ops_table.py`` checks that every registered kernel is some row's), and the kernels
+share its value conventions (``_flat``, ``broadcast``, ``resize``); split in two, a kernel's name
+would resolve only where its module happened to be imported.
 """
 from __future__ import annotations
 

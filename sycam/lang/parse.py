@@ -1,7 +1,12 @@
 """Parse program text into the typed AST (a Lark LALR parser plus a Transformer).
 
 Programs are parsed, never evaluated as Python: anything outside the grammar is a located
-:class:`~sycam.errors.ProgramSyntaxError`.
+:class:`~sycam.errors.ProgramSyntaxError`. ``use(name)`` reads another reference program (a
+``.cam`` file, parsed the same way) and inlines it here, at parse time.
+
+Why one module of ~420 lines: the transformer, ``use(...)``'s recursive parse and the rendering of
+Lark's errors share one located-error protocol (``_Located`` raised inside the transformer, turned
+into a ``ProgramSyntaxError`` with the source's line and column).
 """
 from __future__ import annotations
 
