@@ -97,6 +97,9 @@ class Captures:
     Y: Tensor  # (B,) the explained score
     logits: Tensor  # (B, K)
     input_size: tuple[int, int]  # (H, W) of the model input
+    #: the image terminal ``X`` (B, H, W): the mean over colour channels of the input as the model
+    #: receives it (None where captures were built by hand without it)
+    X: Tensor | None = None
 
     def take(self, images: slice | Tensor) -> Captures:
         """The captures of some images only: ``images`` is a slice or an index tensor (positions or a
@@ -111,7 +114,8 @@ class Captures:
             return {k: v[images] for k, v in d.items()}
 
         return Captures(A=cut(self.A), G=cut(self.G), S=cut(self.S), D=cut(self.D), Y=self.Y[images],
-                        logits=self.logits[images], input_size=self.input_size)
+                        logits=self.logits[images], input_size=self.input_size,
+                        X=None if self.X is None else self.X[images])
 
 
 # ----------------------------------------------------------------------------- scores
@@ -482,4 +486,5 @@ def _capture(
                         D[n] = _ablation(
                             model, modules[n], x, A[n].shape[1], Y, targets, comps, spec, chunk_size, n
                         ).to(Y.dtype)
-    return Captures(A=A, G=G, S=S, D=D, Y=Y, logits=logits, input_size=(int(inputs.shape[2]), int(inputs.shape[3])))
+    X = x.detach().mean(1).to(Y.dtype)  # the image terminal: the grey level of the model's input
+    return Captures(A=A, G=G, S=S, D=D, Y=Y, logits=logits, input_size=(int(inputs.shape[2]), int(inputs.shape[3])), X=X)

@@ -100,6 +100,9 @@ def apply_op(spec: OpSpec, values: Sequence[K.Value], consts: Sequence[float]) -
     if spec.typing.broadcast:
         return K.broadcast(fn, values[0], values[1])
     x = values[0]
+    if spec.typing.paired is not None:  # a second value argument, the same for every layer of x
+        other = values[1]
+        return K.lift(lambda v: fn(v, other), x)  # type: ignore[arg-type]
     per_value = (lambda v: fn(v, *consts)) if consts else fn
     if spec.typing.along_layers and isinstance(x, list) and x and x[0].ndim == 1:
         return K.along_layers(per_value, x)
@@ -154,7 +157,7 @@ class CompiledProgram:
         return self.resolver.names.index(name) if name in self.resolver.names else -1
 
     def _collect(self, node: A.Expr, layer: str | None, needs: dict[str, set[str]]) -> None:
-        if isinstance(node, A.Terminal) and node.kind != "Y":
+        if isinstance(node, A.Terminal) and node.kind not in "YX":
             needs[node.kind].add(self._terminal_layer(node, layer))
         if isinstance(node, A.Each):
             chosen = self.resolver.select(node.selection)
@@ -240,12 +243,19 @@ class CompiledProgram:
         if isinstance(node, A.Terminal):
             if node.kind == "Y":
                 return caps.Y
+            if node.kind == "X":
+                if caps.X is None:
+                    raise ProgramRuntimeError("the program reads X (the input image) but these captures hold no image "
+                                              "(captures built without sycam.capture.capture)")
+                return caps.X
             name = self._terminal_layer(node, layer)
             return getattr(caps, node.kind)[name]
         if isinstance(node, A.Each):
             return [self._eval(node.body, name, ctx) for name in self._plan[id(node)]]  # type: ignore[misc]
         if isinstance(node, A.Fuse):
             maps = self._eval(node.maps, layer, ctx)
+            if isinstance(maps, Tensor):  # a single Map, moved to the grid
+                maps = [maps]
             weights = None if node.weights is None else self._eval(node.weights, layer, ctx)
             size = caps.input_size if node.grid == "input" else None
             return K.fuse(maps, weights, node.mode, size)  # type: ignore[arg-type]

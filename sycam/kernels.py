@@ -8,10 +8,16 @@ finite input into NaN or Inf except through genuine overflow, which the compiler
 The table of operators (:mod:`sycam.lang.ops`) names each operator's kernel: a torch function, or
 one of this module's kernels registered with :func:`kernel` (:data:`KERNELS`); :func:`resolve`
 turns the name into the function.
+
+Why one module of ~500 lines: it is the one registry the table's kernel names resolve in
+(``tests/test_ops_table.py`` checks that every registered kernel is some row's), and the kernels
+share its value conventions (``_flat``, ``broadcast``, ``resize``); split in two, a kernel's name
+would resolve only where its module happened to be imported.
 """
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable
 
 import torch
@@ -316,11 +322,105 @@ def rescale(x: Tensor, lo: float, hi: float) -> Tensor:
     return _unflat(torch.where(pos, out, torch.zeros_like(f)), x)
 
 
+@kernel
+def topk_pct(x: Tensor, k: float) -> Tensor:
+    """MetaCAM's top-k% vote (Kaczmarek et al., 2023): per image, 1 on the ``n = ceil(k N / 100)``
+    largest of its N entries and 0 elsewhere; entries equal to the n-th largest are all kept (ties at
+    the cut); ``n = 0`` gives all zeros."""
+    f = _flat(x)
+    frac = _check_percent(k, "topk_pct")
+    n = min(math.ceil(round(frac * f.shape[1], 9)), f.shape[1])
+    if n == 0:
+        return torch.zeros_like(x)
+    tau = torch.topk(f, n, dim=1).values[:, -1:]
+    return _unflat((f >= tau).to(x.dtype), x)
+
+
 def along_layers(fn: Callable[[Tensor], Tensor], xs: list[Tensor]) -> list[Tensor]:
     """Apply a natural-axis function to Layers<Scalar>: the axis is the layer axis."""
     stacked = torch.stack(xs, dim=1)  # (B, L)
     out = fn(stacked)
     return list(out.unbind(1)) if out.ndim == 2 else out  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------ information
+
+MI_BINS = 16  # bins per variable of mutual_info's joint histogram
+MI_GRID = 56  # mutual_info's grid: at most MI_GRID x MI_GRID cells
+_MI_CHUNK = 1 << 24  # index entries per scatter (bounds the temporary memory)
+
+
+def _to_grid(m: Tensor, size: tuple[int, int]) -> Tensor:
+    """Maps (R, h, w) onto the grid ``size``: unchanged at that size, bilinear (half-pixel centres,
+    :func:`resize`) where the map is no larger than the grid in both dimensions, area averaging
+    (``adaptive_avg_pool2d``) otherwise."""
+    h, w = int(m.shape[-2]), int(m.shape[-1])
+    if (h, w) == tuple(size):
+        return m
+    if h <= size[0] and w <= size[1]:
+        return resize(m, size)
+    return F.adaptive_avg_pool2d(m[:, None], size)[:, 0]
+
+
+MI_SNAP = 1e-4  # a value this close below a bin edge (in bin widths) counts in the bin above
+
+
+def _bins(v: Tensor, nb: int) -> Tensor:
+    """Bin index (R, N) of each value: ``nb`` equal bins over each row's [min, max],
+    ``min(floor(nb (v - min) / (max - min) + 1e-4), nb - 1)``; a constant row lies in bin 0.
+
+    The 1e-4 snaps values that lie on an edge in exact arithmetic (bilinear upsampling makes many:
+    it interpolates at multiples of 1/16 between cells) to the bin above, in float32 and float64
+    alike; without it float rounding decides their bin."""
+    lo, hi = v.amin(1, keepdim=True), v.amax(1, keepdim=True)
+    rng = hi - lo
+    ok = rng > 0
+    scaled = (v - lo) / torch.where(ok, rng, torch.ones_like(rng))
+    idx = (scaled * nb + MI_SNAP).floor().clamp_(0, nb - 1).long()
+    return torch.where(ok, idx, torch.zeros_like(idx))
+
+
+def _entropy(counts: Tensor, n: int) -> Tensor:
+    """Shannon entropy (nats) of histograms ``counts`` (..., K) over ``n`` samples, float64."""
+    p = counts.double() / n
+    return -torch.special.xlogy(p, p).sum(-1)
+
+
+@kernel
+def mutual_info(x: Tensor, m: Tensor) -> Tensor:
+    """MI-CAM's channel weights (Iyer et al., 2025, "MI-CAM: Mutual Information Weighted Activation
+    Mapping"): the mutual information of each channel of a Tensor x (B, C, h, w) -> Channels
+    (B, C), or of a Map x (B, h, w) -> Scalar (B,), with the Map m (B, H', W'), per image.
+
+    Estimate (the paper's estimator was not reachable; this is sycam's, documented): both are put on
+    the grid ``(min(H', 56), min(W', 56))`` (:func:`_to_grid`: x is upsampled bilinearly, as
+    Score-CAM upsamples its masks; a larger image is area-averaged down), each variable is cut into
+    16 equal bins over its own [min, max] in the image (per channel for x; :func:`_bins`), and
+    ``I = H(x) + H(m) - H(x, m)`` in nats from the 16 x 16 joint histogram of the N grid cells.
+    A constant channel has I = 0. MI is unchanged by a positive affine change of either variable.
+    """
+    single = x.ndim == 3
+    t = x[:, None] if single else x
+    b, c = int(t.shape[0]), int(t.shape[1])
+    size = (min(int(m.shape[-2]), MI_GRID), min(int(m.shape[-1]), MI_GRID))
+    ref = _to_grid(m.to(t.dtype), size).reshape(b, -1)
+    n = ref.shape[1]
+    by = _bins(ref, MI_BINS)  # (B, N)
+    h_ref = _entropy(F.one_hot(by, MI_BINS).sum(1), n)  # (B,)
+    out = torch.empty(b, c, dtype=torch.float64, device=t.device)
+    step = max(1, _MI_CHUNK // max(1, b * n))
+    for start in range(0, c, step):
+        part = t[:, start:start + step]
+        k = int(part.shape[1])
+        bx = _bins(_to_grid(part.reshape(b * k, *part.shape[-2:]), size).reshape(b * k, n), MI_BINS)  # (B*k, N)
+        joint_idx = bx * MI_BINS + by.repeat_interleave(k, dim=0)
+        joint = torch.zeros(b * k, MI_BINS * MI_BINS, dtype=torch.float64, device=t.device)
+        joint.scatter_add_(1, joint_idx, torch.ones_like(joint_idx, dtype=torch.float64))
+        h_x = _entropy(joint.view(b * k, MI_BINS, MI_BINS).sum(2), n)
+        h_xy = _entropy(joint, n)
+        out[:, start:start + k] = (h_x - h_xy).view(b, k) + h_ref[:, None]
+    out = out.clamp_(min=0).to(x.dtype)  # I >= 0; float rounding can leave -1e-16
+    return out[:, 0] if single else out
 
 
 # ------------------------------------------------------------------ projections

@@ -210,7 +210,7 @@ class Ctx:
 
 
 def _axis(draw: st.DrawFn, x: A.Expr) -> A.Expr:
-    fn = draw(st.sampled_from(["norm", "zscore", "winsorize", "threshold", "rescale"]))
+    fn = draw(st.sampled_from(["norm", "zscore", "winsorize", "threshold", "rescale", "topk_pct"]))
     if fn in AXIS_PLAIN:
         return A.Call(fn, (x,))
     if fn == "rescale":
@@ -273,6 +273,9 @@ def gen(draw: st.DrawFn, ty: str, ctx: Ctx, sel: A.Selection | None = None) -> A
             return A.Call("softmax_c", (draw(gen("C", ctx.down())),))
         if k == 6:
             return A.Pow(draw(gen("C", ctx.down())), draw(exponents()))
+        if k == 7 and draw(st.booleans()):  # mutual information of each channel with a Map (the image, or one of any layer)
+            other = A.Terminal("X") if draw(st.booleans()) else draw(gen("M", ctx.at(draw(st.sampled_from(LAYER_REFS)))))
+            return A.Call("mi", (draw(gen("T", ctx.down())), other))
         return _axis(draw, draw(gen("C", ctx.down())))
     if ty == "S":
         k = draw(st.integers(0, 2 if leaf else 9))
@@ -309,6 +312,8 @@ def gen(draw: st.DrawFn, ty: str, ctx: Ctx, sel: A.Selection | None = None) -> A
                 weights = draw(st.none() | gen("LS", ctx.at(None), sel))
                 return A.Fuse(maps, weights, draw(st.sampled_from(FUSE_MODES)), ctx.grid)
             if k == 2:
+                if ctx.grid == "input" and draw(st.booleans()):  # the image lies on the input grid
+                    return A.Terminal("X")
                 return A.Call(draw(st.sampled_from(UNARY)), (draw(gen("M", ctx.down())),))
             if k == 3:
                 return _binop(draw, draw(gen("M", ctx.down())), draw(gen(draw(st.sampled_from(["M", "S"])), ctx.down())))
@@ -765,7 +770,7 @@ def _features(program: A.Program) -> set[str]:
     return found
 
 
-FEATURES = set(OPS) | {"fuse:finest", "fuse:input", "A", "G", "S", "D", "Y", "^", "let", "score:finer", "score:prob",
+FEATURES = set(OPS) | {"fuse:finest", "fuse:input", "A", "G", "S", "D", "Y", "X", "^", "let", "score:finer", "score:prob",
                       "each:convs", "each:stages", "each:last", "each:-2:", "each:[0, conv3]"}
 
 

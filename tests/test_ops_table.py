@@ -30,11 +30,13 @@ SYMPY_KINDS = {"function", "add", "sub", "mul", "div", "pow", "neg", "square"}
 # an argument of each kind, as the checker sees it and as the kernels get it (2 images)
 _MAP = A.Call("sum_c", (A.Terminal("A"),))
 ARG = {"Tensor": A.Terminal("A"), "Channels": A.Terminal("S"), "Map": _MAP, "Scalar": A.Terminal("Y")}
+#: a paired rule's second argument (mi's Map): its own node and values ("<kind>2" in _values)
+PAIRED = {"Map": A.Call("mean_c", (A.Terminal("A"),))}
 
 
 def _values(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    shapes = {"Tensor": (2, 3, 4, 5), "Channels": (2, 3), "Map": (2, 4, 5), "Scalar": (2,)}
+    shapes = {"Tensor": (2, 3, 4, 5), "Channels": (2, 3), "Map": (2, 4, 5), "Scalar": (2,), "Map2": (2, 4, 5)}
     return {k: torch.randn(*s, generator=g, dtype=torch.float64) for k, s in shapes.items()}
 
 
@@ -45,9 +47,13 @@ def _consts(spec: OpSpec) -> dict[int, A.Num]:
 
 
 def _applied(spec: OpSpec, kinds: tuple[str, ...]) -> A.Expr:
-    """``spec`` applied to arguments of ``kinds`` (its non-constant arguments, in order)."""
+    """``spec`` applied to arguments of ``kinds`` (its non-constant arguments, in order); a paired
+    rule's second argument is always of its paired kind."""
     consts, it = _consts(spec), iter(kinds)
-    return apply_node(spec, tuple(consts[i] if i in consts else ARG[next(it)] for i in range(spec.arity)))
+    args = [consts[i] if i in consts else ARG[next(it)] for i in range(spec.arity)]
+    if spec.typing.paired is not None:
+        args[1] = PAIRED[spec.typing.paired]
+    return apply_node(spec, tuple(args))
 
 
 def _type(expr: A.Expr, in_each: bool = False):
@@ -66,7 +72,10 @@ def test_every_operator_has_every_part(name: str) -> None:
     spec = TABLE[name]
     assert spec.name == name and spec.arity >= 1 and spec.doc
     assert isinstance(spec.typing, TypeRule) and spec.family == spec.typing.name
-    assert spec.typing.broadcast == (_n_values(spec) == 2)  # the only two-value rule is broadcasting
+    # the two-value rules: broadcasting, or a paired second argument (mi)
+    assert (spec.typing.broadcast or spec.typing.paired is not None) == (_n_values(spec) == 2)
+    assert not (spec.typing.broadcast and spec.typing.paired is not None)
+    assert spec.typing.paired in (None, *NDIM)
     assert all(0 < i < spec.arity for i in spec.const_args)  # the first argument is never a constant
     assert all(r.index in spec.const_args and r.lo < r.hi for r in spec.ranges)
     assert callable(K.resolve(spec.kernel)), spec.kernel
@@ -160,6 +169,30 @@ def _pc1(x: np.ndarray) -> np.ndarray:
     return np.stack(out)
 
 
+def _topk_pct(v: np.ndarray, k: float) -> np.ndarray:
+    n = int(np.ceil(k * v.size / 100))
+    return (v >= np.sort(v)[::-1][n - 1]).astype(float) if n else np.zeros_like(v)
+
+
+def _mi_pair(a: np.ndarray, b: np.ndarray) -> float:
+    """Mutual information (nats) of two equally long samples from numpy's 16 x 16 histogram over
+    each one's [min, max] (the values are on the same grid: no resizing)."""
+    if a.min() == a.max() or b.min() == b.max():
+        return 0.0
+    joint, _, _ = np.histogram2d(a, b, bins=16, range=[[a.min(), a.max()], [b.min(), b.max()]])
+    p = joint / joint.sum()
+    px, py = p.sum(1, keepdims=True), p.sum(0, keepdims=True)
+    nz = p > 0
+    return float((p[nz] * np.log(p[nz] / (px @ py)[nz])).sum())
+
+
+def _mi(x: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """mi(x, m) for x a Tensor (B, C, H, W) or a Map (B, H, W) and m a Map of the same H, W."""
+    if x.ndim == 3:
+        return np.array([_mi_pair(x[b].ravel(), m[b].ravel()) for b in range(len(x))])
+    return np.array([[_mi_pair(x[b, c].ravel(), m[b].ravel()) for c in range(x.shape[1])] for b in range(len(x))])
+
+
 def _softmax_c(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
@@ -184,6 +217,8 @@ FORMULA = {
     "threshold": _per_image(lambda v, p: np.where(v >= np.percentile(v, p), v, 0.0)),
     "rescale": _per_image(_rescale),
     "pc1": _pc1,
+    "topk_pct": _per_image(_topk_pct),
+    "mi": _mi,
     "^": lambda x, e: x ** e, "*": np.multiply, "/": np.divide, "+": np.add, "-": np.subtract,
 }
 
@@ -205,6 +240,9 @@ def test_every_operator_computes_its_formula(name: str) -> None:
             other = _values(4)[kind]
             got = compiler.eval_op(expr, _two(vals[kind], other), lambda n: n.value)
             want = FORMULA[name](vals[kind].numpy(), other.numpy())
+        elif spec.typing.paired is not None:  # the second argument is a value of the paired kind
+            got = _kernel_value(expr, vals)
+            want = FORMULA[name](vals[kind].numpy(), vals[spec.typing.paired + "2"].numpy())
         else:
             got = _kernel_value(expr, vals)
             want = FORMULA[name](vals[kind].numpy(), *consts)
@@ -225,12 +263,13 @@ def _two(a: torch.Tensor, b: torch.Tensor):
 
 def _kernel_value(expr: A.Expr, vals: dict[str, torch.Tensor], layers: int = 0):
     """``expr`` (an operator on ARG arguments) computed by the compiler's eval_op; ``layers`` > 0
-    turns each argument into that many layers (a list), as each(...) does."""
-    by_node = {id(node): kind for kind, node in ARG.items()}
+    turns each argument into that many layers (a list), as each(...) does (a paired rule's second
+    argument stays one value)."""
+    by_node = {id(node): kind for kind, node in ARG.items()} | {id(node): kind + "2" for kind, node in PAIRED.items()}
 
     def value(node):
         v = vals[by_node[id(node)]]
-        return [v * (i + 1) for i in range(layers)] if layers else v
+        return [v * (i + 1) for i in range(layers)] if layers and by_node[id(node)] in ARG else v
 
     return compiler.eval_op(expr, value, lambda n: n.value)  # type: ignore[arg-type]
 
@@ -257,8 +296,9 @@ def test_type_rules_agree_with_the_kernels(name: str) -> None:
         assert isinstance(out, torch.Tensor) and _kind_of(out) == typ.kind, (name, kinds, typ)
         assert out.shape[0] == 2
         # over layers: Layers<T> per layer, and Layers<Scalar> along the layers where the rule says so
-        ltyp = _type(apply_node(spec, tuple(A.Each(A.SelNamed("convs"), a) if not isinstance(a, A.Num) else a
-                                            for a in operator_of(expr)[1])))  # type: ignore[arg-type]
+        operands = operator_of(expr)[1]  # type: ignore[arg-type]
+        ltyp = _type(apply_node(spec, tuple(a if isinstance(a, A.Num) or (spec.typing.paired is not None and i == 1)
+                                            else A.Each(A.SelNamed("convs"), a) for i, a in enumerate(operands))))
         lout = _kernel_value(expr, vals, layers=3)
         if isinstance(ltyp, LayersType):
             assert isinstance(lout, list) and len(lout) == 3 and all(_kind_of(v) == ltyp.elem.kind for v in lout)

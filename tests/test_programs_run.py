@@ -9,7 +9,7 @@ from sycam.explainer import Explainer
 from sycam.programs import list_programs
 
 # Score-CAM and Ablation-CAM pay one forward pass per channel: run them at the smallest input
-EXPENSIVE = {"scorecam": 32, "ablationcam": 32}
+EXPENSIVE = {"scorecam": 32, "ablationcam": 32, "metacam": 32}
 
 
 @pytest.fixture(scope="module")

@@ -209,16 +209,26 @@ def expected_raw(name: str, w: Weights, x: np.ndarray, t: int) -> np.ndarray:
         wk = np.array([np.sum(A[k] / A[k].sum() * G[k]) for k in range(3)])
         return relu(np.einsum("k,kij->ij", wk, A))
     if name == "gradcampp":
-        wk = np.zeros(3)
-        for k in range(3):
-            for i in range(A.shape[1]):
-                for j in range(A.shape[2]):
-                    g = G[k, i, j]
-                    if g == 0.0:
-                        continue  # 0/0 := 0
-                    a = g**2 / (2 * g**2 + A[k].sum() * g**3)
-                    wk[k] += a * max(g, 0.0)
-        return relu(np.einsum("k,kij->ij", wk, A))
+        return relu(np.einsum("k,kij->ij", gradcampp_weights(A, G), A))
+    if name == "micam":
+        # w_k = MI of A_k (upsampled bilinearly to the image grid) with the image (one channel: its grey level)
+        wk = np.array([hist_mi(up(A[k], size), x) for k in range(3)])
+        return np.einsum("k,kij->ij", wk, A)
+    if name == "integrative_cam":
+        # per conv layer: Grad-CAM++'s map, min-max normalised, weighted by relu(sum G * A), on the input grid
+        out = np.zeros(size)
+        for A_, G_ in ((f["A1"], G1), (A, G)):
+            m = minmax(relu(np.einsum("k,kij->ij", gradcampp_weights(A_, G_), A_)))
+            out += relu(np.sum(G_ * A_)) * up(m, size)
+        return out
+    if name == "metacam":
+        # each component's finished map votes for its top 20% pixels (ceil(0.2 N) of them, ties kept)
+        votes = np.zeros(size)
+        for comp in METACAM_COMPONENTS:
+            m = finish(expected_raw(comp, w, x, t), size)
+            n = int(np.ceil(0.2 * m.size))
+            votes += m >= np.sort(m.ravel())[::-1][n - 1]
+        return votes
     if name == "scorecam":
         S = np.zeros(3)
         for k in range(3):
@@ -245,6 +255,42 @@ def expected_raw(name: str, w: Weights, x: np.ndarray, t: int) -> np.ndarray:
     if name == "winsorcam":
         return winsor_raw(f, G1, G2, p=90.0)
     raise KeyError(name)
+
+
+def gradcampp_weights(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """Grad-CAM++'s w_k = Σ_ij a_kij relu(g_kij), a = g² / (2g² + Σ_ab A_kab g³) (0/0 := 0), by loops."""
+    wk = np.zeros(A.shape[0])
+    for k in range(A.shape[0]):
+        for i in range(A.shape[1]):
+            for j in range(A.shape[2]):
+                g = G[k, i, j]
+                if g == 0.0:
+                    continue  # 0/0 := 0
+                a = g**2 / (2 * g**2 + A[k].sum() * g**3)
+                wk[k] += a * max(g, 0.0)
+    return wk
+
+
+def hist_mi(a: np.ndarray, b: np.ndarray) -> float:
+    """Mutual information (nats) of two maps on one grid, from their 16 x 16 joint histogram: 16 equal
+    bins over each map's [min, max], bin = min(floor(16 (v - min) / (max - min) + 1e-4), 15) (a value
+    on an edge, as bilinear upsampling makes many, counts in the bin above); a constant map: 0.
+    I = Σ p log(p / (p_a p_b)), by numpy."""
+    a, b = a.ravel(), b.ravel()
+    if a.max() == a.min() or b.max() == b.min():
+        return 0.0
+    ia, ib = (np.minimum(np.floor(16 * (v - v.min()) / (v.max() - v.min()) + 1e-4), 15).astype(int) for v in (a, b))
+    joint = np.zeros((16, 16))
+    np.add.at(joint, (ia, ib), 1.0)
+    p = joint / joint.sum()
+    outer = p.sum(1)[:, None] * p.sum(0)[None, :]
+    nz = p > 0
+    return float(np.sum(p[nz] * np.log(p[nz] / outer[nz])))
+
+
+METACAM_COMPONENTS = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam", "ablationcam", "eigencam")
+#: programs whose raw map lies on the input grid (fused there), not on conv2's
+INPUT_GRID = {"layeravg", "winsorcam", "metacam", "integrative_cam"}
 
 
 def winsor_raw(f: dict[str, np.ndarray], G1: np.ndarray, G2: np.ndarray, p: float) -> np.ndarray:
@@ -340,7 +386,7 @@ def test_gradcam_literal_values() -> None:
 # ----------------------------------------------------------------------------- every reference program
 
 PROGRAMS = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam", "ablationcam", "eigencam",
-            "finercam", "layeravg", "winsorcam"]
+            "finercam", "layeravg", "winsorcam", "micam", "metacam", "integrative_cam"]
 
 
 def test_every_reference_program_is_covered() -> None:
@@ -356,7 +402,7 @@ def test_reference_program_exact(name: str, x: np.ndarray, t: int) -> None:
     tol = TOL_FINER if name == "finercam" else TOL
     assert_close(run(name, x, t)[0], want, f"{name} on target {t}", tol)
     # the raw map (before upsampling) too, where the program's grid is conv2's
-    if name not in ("layeravg", "winsorcam"):
+    if name not in INPUT_GRID:
         net = TinyNet(base_weights())
         prog = compile_program(load(name), net, "conv2")
         caps = capture(net, torch.tensor(x, dtype=torch.float32)[None, None], torch.tensor([t]), prog.request)
@@ -522,7 +568,7 @@ X2 = np.random.default_rng(5).uniform(-1.0, 2.5, (4, 8)).astype(np.float32).asty
 def test_non_square_input(name: str) -> None:
     """A 4x8 image: the 2x4 maps are resized per axis (rows 2 -> 4, columns 4 -> 8)."""
     want_raw = expected_raw(name, base_weights(), X2, 0)
-    assert want_raw.shape == ((4, 8) if name in ("layeravg", "winsorcam") else (2, 4))
+    assert want_raw.shape == ((4, 8) if name in INPUT_GRID else (2, 4))
     assert want_raw.max() > want_raw.min(), f"{name}: degenerate test case"
     tol = TOL_FINER if name == "finercam" else TOL
     assert_close(run(name, X2, 0)[0], finish(want_raw, (4, 8)), f"{name} on a 4x8 image", tol)

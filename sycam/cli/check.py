@@ -47,13 +47,20 @@ def run(name: str, args: argparse.Namespace) -> int:
 def _programs(verbose: bool) -> int:
     from sycam.programs import describe, list_programs, load
 
-    for n in list_programs():
+    names = list_programs()
+    width = max([12] + [len(n) for n in names])
+    for n in names:
         header = describe(n).splitlines()
         title = header[0] if header else ""
-        print(f"{n:<12} {title}")
+        print(f"{n:<{width}} {title}")
         if verbose:
             for line in header[1:]:
-                print(f"{'':<12}   {line}")
-            for line in pretty(load(n)).splitlines():
-                print(f"{'':<12}   | {line}")
+                print(f"{'':<{width}}   {line}")
+            program = load(n)
+            source = program.source or ""
+            # a program that uses others is shown as written: its inlined form repeats their bodies
+            body = ([ln for ln in source.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+                    if "use(" in source else pretty(program).splitlines())
+            for line in body:
+                print(f"{'':<{width}}   | {line}")
     return 0

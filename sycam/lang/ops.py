@@ -46,6 +46,8 @@ class TypeRule:
     two arguments broadcast together (arithmetic, ``max``, ``min``). ``Layers<T>`` applies the rule
     to each layer, except that with ``along_layers`` a ``Layers<Scalar>`` is one value along the
     layers, typed as Channels are (a Channels result being ``Layers<Scalar>`` again).
+    ``paired``: the operator takes a second value argument, which must be of this kind (of any
+    layer, never ``Layers<T>``); the rule applies to the first argument (``mi(x, m)``).
     ``name`` is the rule's family (``OpSpec.family``).
     """
 
@@ -54,6 +56,7 @@ class TypeRule:
     error: str = ""
     broadcast: bool = False
     along_layers: bool = False
+    paired: str | None = None
 
 
 ELEMENTWISE = TypeRule("elementwise")
@@ -70,6 +73,9 @@ AXIS = TypeRule("axis", {"Tensor": "Tensor", "Channels": "Channels", "Map": "Map
 PERCENTILE = TypeRule("percentile", {"Tensor": "Scalar", "Channels": "Scalar", "Map": "Scalar"},
                       "{fn} of a single Scalar is the Scalar itself; apply it to a Map, Channels, Tensor or Layers<Scalar>",
                       along_layers=True)
+MI = TypeRule("mi", {"Tensor": "Channels", "Map": "Scalar"},
+              "{fn} measures the mutual information of each channel of a Tensor (or of a Map) with a Map: its first "
+              "argument must be a Tensor or a Map, got {x}", paired="Map")
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,7 @@ class Range:
 
 
 PERCENT = (Range(1, 0.0, 100.0, "{fn}'s percentile"),)
+SHARE = (Range(1, 0.0, 100.0, "{fn}'s percentage"),)
 
 
 @dataclass(frozen=True)
@@ -193,6 +200,12 @@ TABLE: dict[str, OpSpec] = _table(
     OpSpec("threshold", 2, AXIS, "threshold", const_args=(1,), ranges=PERCENT, doc="zero the entries below the p-th percentile"),
     OpSpec("rescale", 3, AXIS, "rescale", const_args=(1, 2),
            doc="positive entries linearly to [lo, hi]; zeros stay zero; all equal -> hi"),
+    OpSpec("topk_pct", 2, AXIS, "topk_pct", const_args=(1,), ranges=SHARE,
+           doc="MetaCAM's vote: 1 on the k% highest entries (the ceil(k N / 100) largest, ties at the cut kept), 0 elsewhere"),
+    # information
+    OpSpec("mi", 2, MI, "mutual_info",
+           doc="MI-CAM: mutual information (nats, 16x16-bin joint histogram over each variable's min..max per image, "
+               "on a grid of at most 56x56) of each channel of x, or of a Map x, with the Map m"),
     # projections
     OpSpec("pc1", 1, PC1, "pc1", H, doc="Eigen-CAM: projection on the first principal component, Tensor->Map"),
     # infix, tightest-binding first (the search lists products before sums)
@@ -212,7 +225,7 @@ TABLE: dict[str, OpSpec] = _table(
 OPS: dict[str, OpSpec] = {name: spec for name, spec in TABLE.items() if not spec.infix}  # called by name
 INFIX: dict[str, OpSpec] = {name: spec for name, spec in TABLE.items() if spec.infix}
 
-TERMINALS = ("A", "G", "S", "D", "Y")
+TERMINALS = ("A", "G", "S", "D", "Y", "X")  # X: the input image's grey level (a Map on the input grid)
 SELECTORS = ("convs", "last", "stages")
 FUSE_MODES = ("sum", "mean", "max", "prod")
 FUSE_GRIDS = ("finest", "input")

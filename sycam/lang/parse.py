@@ -1,10 +1,16 @@
 """Parse program text into the typed AST (a Lark LALR parser plus a Transformer).
 
 Programs are parsed, never evaluated as Python: anything outside the grammar is a located
-:class:`~sycam.errors.ProgramSyntaxError`.
+:class:`~sycam.errors.ProgramSyntaxError`. ``use(name)`` reads another reference program (a
+``.cam`` file, parsed the same way) and inlines it here, at parse time.
+
+Why one module of ~420 lines: the transformer, ``use(...)``'s recursive parse and the rendering of
+Lark's errors share one located-error protocol (``_Located`` raised inside the transformer, turned
+into a ``ProgramSyntaxError`` with the source's line and column).
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import hashlib
@@ -29,6 +35,12 @@ def grammar_path() -> Path:
         if candidate.is_file():
             return candidate
     raise FileNotFoundError("sycam's grammar cam.lark is missing from the installation")
+
+
+def library_dir() -> Path:
+    """Where ``use(name)`` finds reference programs: ``sycam/programs/*.cam`` (read as data, by
+    path: the language never imports the programs package)."""
+    return Path(__file__).resolve().parents[1] / "programs"
 
 
 @functools.lru_cache(maxsize=1)
@@ -70,9 +82,33 @@ def _finite(token: Token) -> float:
     return value
 
 
+def _relocate(node, pos: A.Pos | None):
+    """``node`` with every source position replaced by ``pos`` (an inlined program's nodes point
+    at the ``use(...)`` that brought them in, not at lines of another file)."""
+    if not dataclasses.is_dataclass(node) or isinstance(node, type):
+        return node
+    changes = {}
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if f.name == "pos":
+            changes["pos"] = pos
+        elif isinstance(value, tuple):
+            changes[f.name] = tuple(_relocate(v, pos) for v in value)
+        elif dataclasses.is_dataclass(value):
+            changes[f.name] = _relocate(value, pos)
+    return dataclasses.replace(node, **changes)
+
+
 @v_args(meta=True)
 class _ToAst(Transformer):
-    """Lark tree -> sycam.lang.ast nodes."""
+    """Lark tree -> sycam.lang.ast nodes. ``library``: where ``use(name)`` reads programs;
+    ``stack``: the names of the programs being expanded (a cycle is an error)."""
+
+    def __init__(self, library: Path, stack: tuple[str, ...]) -> None:
+        super().__init__()
+        self.library = library
+        self.stack = stack
+        self.uses: list[tuple[str, A.ScoreSpec, Token]] = []
 
     # -- program
     def start(self, meta, items):
@@ -90,11 +126,16 @@ class _ToAst(Transformer):
                 if score is not None:
                     raise _Located("a program has at most one score directive", stmt[1])
                 score = stmt[0]
+        mine = score or A.ScoreSpec()
+        for name, theirs, token in self.uses:
+            if theirs != mine:
+                raise _Located(f"use({name}) explains the score '{_score_text(theirs)}' but this program explains "
+                               f"'{_score_text(mine)}'; a program explains one score (add `{_score_text(theirs)};`)", token)
         return A.Program(body=body, lets=tuple(lets), score=score)
 
     def let_stmt(self, meta, items):
         name, value = items
-        if str(name) in OPS or str(name) in ("each", "fuse", "let", "score"):
+        if str(name) in OPS or str(name) in ("each", "fuse", "let", "score", "use"):
             raise _Located(f"'{name}' is an operator name and cannot be bound", name)
         return A.Let(str(name), value, _pos(name))
 
@@ -177,6 +218,8 @@ class _ToAst(Transformer):
         kind, layer = items
         if kind == "Y" and layer is not None:
             raise _Located("Y (the explained score) has no layer", kind)
+        if kind == "X" and layer is not None:
+            raise _Located("X (the input image) has no layer", kind)
         return A.Terminal(str(kind), layer, _pos(kind))
 
     def layer_index(self, meta, items):
@@ -202,6 +245,34 @@ class _ToAst(Transformer):
             if not isinstance(args[i], (A.Num, A.Param)):
                 raise _Located(f"argument {i + 1} of {fn} must be a number or a ?param", getattr(args[i], "pos", None) or name)
         return A.Call(fn, tuple(args), _pos(name))
+
+    def use(self, meta, items):
+        """``use(name)``: the reference program ``name`` inlined as ``norm(fuse(<body>, mean, input))``
+        (its map as ``sycam explain`` gives it: on the input grid, min-max normalised). Like a
+        ``let``, the inlined body is a macro: inside ``each(...)`` its bare A is the current layer."""
+        token = items[0]
+        name = str(token)
+        if name in self.stack:
+            cycle = " -> ".join(self.stack[self.stack.index(name):] + (name,))
+            raise _Located(f"use({name}) is a cycle: {cycle} (a program cannot use itself, directly or through others)", token)
+        path = self.library / f"{name}.cam"
+        if not path.is_file():
+            known = sorted(p.stem for p in self.library.glob("*.cam"))
+            close = difflib.get_close_matches(name, known, n=3)
+            hint = f"; did you mean {' or '.join(close)}?" if close else f"; reference programs: {', '.join(known)}"
+            raise _Located(f"use({name}): no reference program named '{name}'{hint}", token)
+        from sycam.lang.types import check  # the checker imports nothing of the parser
+
+        try:
+            ref = _parse(path.read_text(encoding="utf-8"), self.library, self.stack + (name,))
+            check(ref)
+        except ProgramError as err:
+            where = f" (line {err.line}, column {err.column} of {name}.cam)" if err.line is not None else ""
+            raise _Located(f"in use({name}): {err.message}{where}", token) from None
+        self.uses.append((name, ref.score_spec, token))
+        pos = _pos(token)
+        body = _relocate(A.inline_lets(ref), pos)
+        return A.Call("norm", (A.Fuse(body, None, "mean", "input", pos),), pos)
 
     def each(self, meta, items):
         return A.Each(items[0], items[1], _pos(meta))
@@ -233,12 +304,12 @@ _TOKEN_WORDS = {
     "RPAR": "')'", "LPAR": "'('", "COMMA": "','", "SEMICOLON": "';'", "PLUS": "'+'", "MINUS": "'-'",
     "STAR": "'*'", "SLASH": "'/'", "CIRCUMFLEX": "'^'", "EQUAL": "'='", "COLON": "':'", "AT": "'@'",
     "LSQB": "'['", "RSQB": "']'", "QMARK": "'?'", "NAME": "a name", "NUMBER": "a number",
-    "SIGNED_NUMBER": "a number", "SIGNED_INT": "an integer", "TERMINAL": "A, G, S, D or Y",
+    "SIGNED_NUMBER": "a number", "SIGNED_INT": "an integer", "TERMINAL": "A, G, S, D, Y or X",
     "DOTTED_NAME": "a module name", "ESCAPED_STRING": "a quoted module name",
     "SELECTOR_NAME": "a layer selection (convs, last, stages)", "FUSE_MODE": "a fuse mode (sum, mean, max, prod)",
     "FUSE_GRID": "a grid (finest, input)", "$END": "end of program", "<END-OF-FILE>": "end of program",
 }
-_EXPR_START = {"NUMBER", "NAME", "TERMINAL", "LPAR", "MINUS", "QMARK", "EACH", "FUSE"}
+_EXPR_START = {"NUMBER", "NAME", "TERMINAL", "LPAR", "MINUS", "QMARK", "EACH", "FUSE", "USE"}
 
 
 def _describe_expected(expected: set[str]) -> str:
@@ -247,7 +318,7 @@ def _describe_expected(expected: set[str]) -> str:
         words.append("an expression")
         expected = expected - _EXPR_START
     for name in sorted(expected):
-        if name.startswith("__ANON") or name in ("EACH", "FUSE", "LET", "SCORE"):
+        if name.startswith("__ANON") or name in ("EACH", "FUSE", "LET", "SCORE", "USE"):
             continue
         words.append(_TOKEN_WORDS.get(name, name.lower()))
     uniq = list(dict.fromkeys(words))
@@ -290,12 +361,26 @@ def _end_position(source: str) -> tuple[int, int]:
     return len(lines), len(lines[-1]) + 1
 
 
-def parse(text: str) -> A.Program:
+def _score_text(spec: A.ScoreSpec) -> str:
+    return f"score finer({spec.k}, {spec.alpha:g})" if spec.kind == "finer" else f"score {spec.kind}"
+
+
+def parse(text: str, *, name: str | None = None, library: Path | None = None) -> A.Program:
     """Parse a program's text into a :class:`~sycam.lang.ast.Program` (syntax only; see
     :func:`sycam.lang.types.check` for typing).
 
+    ``use(other)`` inlines the reference program ``other`` from ``library`` (default
+    :func:`library_dir`); ``name`` is this program's own name there, if it is one (so that a
+    program using itself is reported as a cycle at once).
+
     Raises :class:`~sycam.errors.ProgramSyntaxError` with line, column and a caret.
     """
+    return _parse(text, library if library is not None else library_dir(), (name,) if name else ())
+
+
+def _parse(text: str, library: Path, stack: tuple[str, ...]) -> A.Program:
+    if len(stack) > 32:
+        raise ProgramSyntaxError(f"use(...) nests more than 32 programs deep: {' -> '.join(stack)}")
     if not isinstance(text, str):
         raise TypeError(f"program text must be a str, got {type(text).__name__}")
     if len(text) > MAX_SOURCE_CHARS:
@@ -307,7 +392,7 @@ def parse(text: str) -> A.Program:
         # long flat sums build deep left-leaning trees; allow them up to the source-size limit
         sys.setrecursionlimit(max(limit, 20_000))
         tree = _parser().parse(text)
-        program = _ToAst().transform(tree)
+        program = _ToAst(library, stack).transform(tree)
     except UnexpectedInput as err:
         raise _syntax_error(err, text) from None
     except VisitError as err:

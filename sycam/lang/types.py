@@ -6,6 +6,8 @@ Types (per image; the batch axis is implicit):
 - ``Channels`` C — per-channel values: ``mean_hw(G)``, Score-CAM's ``S``, Ablation-CAM's ``D``
 - ``Map``     H×W — a saliency map
 - ``Scalar``  one number — ``Y``, ``percentile(x, p)``, constants
+
+``X`` (the input image's grey level) is a Map on the input grid, where ``fuse(..., input)`` puts maps.
 - ``Layers<T>`` one ``T`` per layer of a selection — what ``each(SEL, body)`` yields
 
 Tensor, Channels and Map carry the layer they come from: values of different layers have
@@ -116,6 +118,8 @@ class _Checker:
         if isinstance(node, A.Terminal):
             if node.kind == "Y":
                 return SCALAR
+            if node.kind == "X":  # the input image, on the input grid (where fuse(..., input) puts maps)
+                return Type("Map", "fused:input")
             layer = "@" + node.layer.key() if node.layer is not None else ("@each" if in_each else "@default")
             return Type("Tensor" if node.kind in "AG" else "Channels", layer)
         if isinstance(node, (A.BinOp, A.Pow, A.Call)):
@@ -129,8 +133,13 @@ class _Checker:
             return LayersType(body, _selection(node.selection))
         if isinstance(node, A.Fuse):
             maps = self.infer(node.maps, in_each)
+            if isinstance(maps, Type) and maps.kind == "Map" and node.grid == "input":  # one Map: moved to the input grid
+                if node.weights is not None:
+                    raise self.fail(node.weights, "fuse(...) of a single Map takes no weights (weights are one number per layer)")
+                return Type("Map", "fused:input")
             if not (isinstance(maps, LayersType) and maps.elem.kind == "Map"):
-                raise self.fail(node, f"fuse(...) needs Layers<Map> (from each(SEL, <a Map>)) as its first argument, got {maps}")
+                hint = " (a single Map only moves to the input grid: fuse(m, mean, input))" if maps.kind == "Map" else ""
+                raise self.fail(node, f"fuse(...) needs Layers<Map> (from each(SEL, <a Map>)) as its first argument, got {maps}{hint}")
             if node.weights is not None:
                 weights = self.infer(node.weights, in_each)
                 if not (isinstance(weights, LayersType) and weights.elem.kind == "Scalar"):
@@ -157,6 +166,10 @@ class _Checker:
             self.constant_in(args[r.index], r.lo, r.hi, r.what.format(fn=spec.name), at=None if r.at_arg else node)
         types = [self.infer(a, in_each) for a in args]
         rule = spec.typing
+        if rule.paired is not None:
+            other = types[1]
+            if isinstance(other, LayersType) or other.kind != rule.paired:
+                raise self.fail(node, f"the second argument of {spec.name}(...) must be a {rule.paired} (of any layer), got {other}")
         if rule.broadcast:
             return self.broadcast(node, types[0], types[1], f"'{spec.name}'" if spec.infix else f"{spec.name}(...)")
         x = types[0]

@@ -67,7 +67,7 @@ def resolve_program(spec: A.Program | str | Path, text: bool = True) -> A.Progra
         return spec
     where = locate(spec)
     if where is not None and where[0] == "reference":
-        return parse(program_path(str(where[1])).read_text(encoding="utf-8"))
+        return parse(program_path(str(where[1])).read_text(encoding="utf-8"), name=str(where[1]))
     if where is not None:
         path = Path(where[1])
         if not path.exists():
