@@ -8,6 +8,9 @@ finite input into NaN or Inf except through genuine overflow, which the compiler
 The table of operators (:mod:`sycam.lang.ops`) names each operator's kernel: a torch function, or
 one of this module's kernels registered with :func:`kernel` (:data:`KERNELS`); :func:`resolve`
 turns the name into the function.
+
+Why one module of ~440 lines: every kernel is a few lines behind one registry and shares the
+broadcasting and natural-axis helpers at the top; split, each part would import those back.
 """
 from __future__ import annotations
 
@@ -314,6 +317,41 @@ def rescale(x: Tensor, lo: float, hi: float) -> Tensor:
     scaled = lo + (f - mn) / torch.where(ok, rng, torch.ones_like(rng)) * (hi - lo)
     out = torch.where(ok, scaled, torch.full_like(f, hi))
     return _unflat(torch.where(pos, out, torch.zeros_like(f)), x)
+
+
+@kernel
+def threshold_hw(x: Tensor, p: float) -> Tensor:
+    """Per channel (a Tensor's) or per image (a Map's): zero the entries below the p-th percentile
+    over H, W (UnionCAM's denoising of the gradients, channel by channel)."""
+    f = x.reshape(-1, x.shape[-2] * x.shape[-1])  # one row per (image, channel)
+    tau = _quantile(f, _check_percent(p, "threshold_hw"))
+    return torch.where(f >= tau, f, torch.zeros_like(f)).reshape(x.shape)
+
+
+@kernel
+def select_max(k1: Value, x1: Value, k2: Value, x2: Value) -> Value:
+    """Per image ``x1`` where the Scalar ``k1 > k2``, else ``x2`` (ties: ``x2``); x1 and x2 broadcast."""
+    assert isinstance(k1, Tensor) and isinstance(k2, Tensor) and k1.ndim == k2.ndim == 1, "the checker guarantees Scalar keys"
+    take = k1 > k2
+
+    def pick(a: Tensor, b: Tensor) -> Tensor:
+        a, b = torch.broadcast_tensors(a, b)
+        return torch.where(take.view(-1, *([1] * (a.ndim - 1))), a, b)
+
+    return broadcast(pick, x1, x2)
+
+
+@kernel
+def confidence(m: Tensor, rescore: Callable[[Tensor, bool], Tensor]) -> Tensor:
+    """The target's softmax probability for the input times ``norm(upsample(m))``, (B,): one
+    forward of the masked images, by the captures' re-scorer (:class:`sycam.reforward.Rescorer`)."""
+    return rescore(m, False)
+
+
+@kernel
+def gain(m: Tensor, rescore: Callable[[Tensor, bool], Tensor]) -> Tensor:
+    """``confidence(m)`` minus the target's probability on the blank (all-zero) input (UnionCAM's β)."""
+    return rescore(m, True)
 
 
 def along_layers(fn: Callable[[Tensor], Tensor], xs: list[Tensor]) -> list[Tensor]:
