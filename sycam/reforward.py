@@ -136,7 +136,7 @@ class Rescorer:
         if logits.ndim != 2 or logits.shape[0] != len(images):
             raise ValueError(f"confidence: the model returned {tuple(logits.shape)} for {len(images)} masked images; "
                              "expected (B, K) logits")
-        return torch.softmax(logits.float(), dim=1)
+        return torch.softmax(logits, dim=1)
 
     def blank(self) -> Tensor:
         """The target's probability on the all-zero input, (B,)."""
