@@ -200,14 +200,14 @@ def _unioncam_reference(net: Net, x: torch.Tensor, t: torch.Tensor) -> tuple[tor
 
 
 def test_unioncam_is_the_reimplementations_formula() -> None:
-    net, (x, t) = _net(seed=3), _inputs(seed=5, n=3)
+    net, (x, t) = _net(seed=0), _inputs(seed=0, n=3)
     prog = compile_program(load("unioncam"), net, default_layer="relu2")
     assert prog.request.rescore and prog.request.grad_layers == {"relu2"} and prog.request.score_cam_layers == {"relu2"}
     caps = capture(net, x, t, prog.request)
     got = prog.raw(caps)
     want, chosen = _unioncam_reference(net, x, t)
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-9, atol=1e-12)
-    assert float(want.abs().max()) > 0, chosen
+    assert chosen == ["fused", "fused", "region"]  # both branches of the selection are exercised
     # per image slices give the same maps (the re-scorer follows Captures.take)
     np.testing.assert_allclose(prog.raw(caps.take(slice(1, 3))).numpy(), want[1:].numpy(), rtol=1e-9, atol=1e-12)
 
