@@ -2,11 +2,12 @@
 
 :func:`capture` hooks the requested modules (by name, from ``model.named_modules()``), runs one
 forward pass and one ``torch.autograd.grad`` of the summed target score with respect to the
-hooked outputs that need gradients, and optionally the Score-CAM channel scores ``S`` and the
-Ablation-CAM score drops ``D``. The model comes back exactly as it was.
+hooked outputs that need gradients, and optionally the Score-CAM channel scores ``S``, the
+Ablation-CAM score drops ``D``, Recipro-CAM's maps ``R`` and a re-scorer of masked inputs
+(:mod:`sycam.reforward`). The model comes back exactly as it was.
 
-Why one module of ~480 lines: the forward/backward pass, the score definitions it differentiates
-and the masked passes behind ``S`` and ``D`` share one protocol for hooking the model and putting
+Why one module of ~520 lines: the forward/backward pass, the score definitions it differentiates
+and the masked passes behind ``S``, ``D`` and ``R`` share one protocol for hooking the model and putting
 it back (mode, hooks, ``.grad``, ``requires_grad``) and one set of input checks; split apart, each
 part would need its own copy of that protocol.
 """
@@ -25,6 +26,7 @@ from sycam._inference import fast_forward
 from sycam._state import eval_mode, frozen_parameters
 from sycam.errors import BOUNDARY, CaptureError, SycamError, as_sycam
 from sycam.lang.ast import ScoreSpec
+from sycam.reforward import RECIPRO_KERNELS, Rescorer, reciprocal
 
 __all__ = ["CaptureRequest", "Captures", "capture", "target_scores", "finer_comparisons"]
 
@@ -34,8 +36,11 @@ class CaptureRequest:
     """What a program needs from the model, by resolved module name.
 
     Every layer named in any field is hooked and returned in ``Captures.A``; ``grad_layers``
-    additionally get ``G``, ``score_cam_layers`` get ``S`` and ``ablation_layers`` get ``D``.
-    Lists and sets are accepted and normalised (tuple / frozenset).
+    additionally get ``G``, ``score_cam_layers`` get ``S``, ``ablation_layers`` get ``D`` and
+    ``reciprocal_layers`` get ``R`` (with ``reciprocal_kernel``, ``"gaussian"`` or ``"onehot"``).
+    ``rescore``: the captures carry a :class:`~sycam.reforward.Rescorer` (for ``confidence`` and
+    ``gain``; it keeps a copy of the batch's inputs). Lists and sets are accepted and normalised
+    (tuple / frozenset).
     """
 
     layers: tuple[str, ...]  # modules whose outputs (A) are needed, in any order
@@ -43,27 +48,33 @@ class CaptureRequest:
     score_cam_layers: frozenset[str] = frozenset()  # need S: Score-CAM channel scores (B, C)
     ablation_layers: frozenset[str] = frozenset()  # need D: Ablation-CAM score drops (B, C)
     score: ScoreSpec = field(default_factory=ScoreSpec)
+    reciprocal_layers: frozenset[str] = frozenset()  # need R: Recipro-CAM maps (B, h, w)
+    reciprocal_kernel: str = "gaussian"
+    rescore: bool = False  # a re-scorer of masked inputs (confidence, gain)
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, str):
             raise TypeError(f"CaptureRequest.layers: expected a sequence of module names, got the string {self.layers!r}")
         object.__setattr__(self, "layers", tuple(dict.fromkeys(self.layers)))
-        for fname in ("grad_layers", "score_cam_layers", "ablation_layers"):
+        for fname in ("grad_layers", "score_cam_layers", "ablation_layers", "reciprocal_layers"):
             value = getattr(self, fname)
             if isinstance(value, str):
                 raise TypeError(f"CaptureRequest.{fname}: expected a set of module names, got the string {value!r}")
             object.__setattr__(self, fname, frozenset(value))
-        for fname in ("layers", "grad_layers", "score_cam_layers", "ablation_layers"):
+        for fname in ("layers", "grad_layers", "score_cam_layers", "ablation_layers", "reciprocal_layers"):
             for name in getattr(self, fname):
                 if not isinstance(name, str) or not name:
                     raise ValueError(f"CaptureRequest.{fname}: module names must be non-empty strings, got {name!r}")
+        if self.reciprocal_kernel not in RECIPRO_KERNELS:
+            raise ValueError(f"CaptureRequest.reciprocal_kernel: expected one of {', '.join(RECIPRO_KERNELS)}, "
+                             f"got {self.reciprocal_kernel!r}")
         if not isinstance(self.score, ScoreSpec):
             raise TypeError(f"CaptureRequest.score: expected a ScoreSpec, got {type(self.score).__name__}")
 
     @property
     def all_layers(self) -> tuple[str, ...]:
         """Every layer to hook: ``layers`` in order, then the other fields' extra names, sorted."""
-        extra = (self.grad_layers | self.score_cam_layers | self.ablation_layers) - set(self.layers)
+        extra = (self.grad_layers | self.score_cam_layers | self.ablation_layers | self.reciprocal_layers) - set(self.layers)
         return self.layers + tuple(sorted(extra))
 
     def validate(self, model: nn.Module) -> dict[str, nn.Module]:
@@ -100,6 +111,8 @@ class Captures:
     #: the image terminal ``X`` (B, H, W): the mean over colour channels of the input as the model
     #: receives it (None where captures were built by hand without it)
     X: Tensor | None = None
+    R: dict[str, Tensor] = field(default_factory=dict)  # (B, h, w) Recipro-CAM maps
+    rescore: Rescorer | None = None  # re-scores the inputs masked by maps (confidence, gain)
 
     def take(self, images: slice | Tensor) -> Captures:
         """The captures of some images only: ``images`` is a slice or an index tensor (positions or a
@@ -114,7 +127,8 @@ class Captures:
             return {k: v[images] for k, v in d.items()}
 
         return Captures(A=cut(self.A), G=cut(self.G), S=cut(self.S), D=cut(self.D), Y=self.Y[images],
-                        logits=self.logits[images], input_size=self.input_size,
+                        logits=self.logits[images], input_size=self.input_size, R=cut(self.R),
+                        rescore=None if self.rescore is None else self.rescore.take(images),
                         X=None if self.X is None else self.X[images])
 
 
@@ -356,6 +370,16 @@ def _ablation(
     return D.view(B, C)
 
 
+def _reciprocal(model: nn.Module, module: nn.Module, name: str, x: Tensor, A: Tensor, targets: Tensor,
+                comps: Tensor | None, spec: ScoreSpec, kernel: str) -> Tensor:
+    """``R[l][b, i, j]``: the score with ``module``'s output replaced by Recipro-CAM's mosaic of
+    position (i, j) (see :func:`sycam.reforward.reciprocal`)."""
+    where = f"capture (Recipro-CAM forward for {name!r})"
+    return reciprocal(model, module, name, x, A,
+                      lambda out, b: _scores(out, targets[b], spec, None if comps is None else comps[b]),
+                      lambda out, n: _check_logits(out, n, where), kernel)
+
+
 def capture(
     model: nn.Module,
     inputs: Tensor,
@@ -404,6 +428,9 @@ def _capture(
     ``S[l][b, k]`` (Score-CAM): the score of ``inputs[b] * m`` where ``m`` is ``A[l][b, k]``
     upsampled bilinearly (align_corners=False) to (H, W) and min-max normalised (constant
     channel: all zeros). ``D[l][b, k] = Y[b] - score with channel k of A[l] zeroed`` (Ablation-CAM).
+    ``R[l][b]`` (Recipro-CAM, (h, w)): the score with A[l] replaced by the mosaic of each position
+    (:func:`sycam.reforward.reciprocal`). With ``request.rescore`` the captures carry a
+    :class:`~sycam.reforward.Rescorer` of these inputs for ``confidence``/``gain``.
     For 'finer' scores the comparison classes are fixed from the unperturbed logits. These
     extra forwards run without grad in chunks of ``chunk_size`` (image, channel) pairs.
 
@@ -478,7 +505,9 @@ def _capture(
             del fw
             S: dict[str, Tensor] = {}
             D: dict[str, Tensor] = {}
-            if request.score_cam_layers or request.ablation_layers:
+            R: dict[str, Tensor] = {}
+            rescorer: Rescorer | None = None
+            if request.score_cam_layers or request.ablation_layers or request.reciprocal_layers or request.rescore:
                 with torch.no_grad():
                     for n in sorted(request.score_cam_layers):
                         S[n] = _score_cam(model, x, A[n], targets, comps, spec, chunk_size, n, logits).to(Y.dtype)
@@ -486,5 +515,10 @@ def _capture(
                         D[n] = _ablation(
                             model, modules[n], x, A[n].shape[1], Y, targets, comps, spec, chunk_size, n
                         ).to(Y.dtype)
+                    for n in sorted(request.reciprocal_layers):
+                        R[n] = _reciprocal(model, modules[n], n, x, A[n], targets, comps, spec, request.reciprocal_kernel).to(Y.dtype)
+                    if request.rescore:
+                        rescorer = Rescorer(model, fast_forward(model, x, logits), x.clone(), targets, chunk_size)
     X = x.detach().mean(1).to(Y.dtype)  # the image terminal: the grey level of the model's input
-    return Captures(A=A, G=G, S=S, D=D, Y=Y, logits=logits, input_size=(int(inputs.shape[2]), int(inputs.shape[3])), X=X)
+    return Captures(A=A, G=G, S=S, D=D, Y=Y, logits=logits, input_size=(int(inputs.shape[2]), int(inputs.shape[3])),
+                    R=R, rescore=rescorer, X=X)

@@ -92,13 +92,22 @@ KERNELS: dict[str, Callable[..., Tensor]] = {name: K.resolve(spec.kernel) for na
 _WEIGHTED = {"sum_c": False, "mean_c": True}
 
 
-def apply_op(spec: OpSpec, values: Sequence[K.Value], consts: Sequence[float]) -> K.Value:
+def apply_op(spec: OpSpec, values: Sequence[K.Value], consts: Sequence[float],
+             rescore: Callable[[Tensor, bool], Tensor] | None = None) -> K.Value:
     """``spec``'s kernel on evaluated arguments ``values`` and constant arguments ``consts``, with
     the language's broadcasting (a broadcasting rule), per layer of a ``Layers<T>``, or along the
-    layers of a ``Layers<Scalar>`` (an ``along_layers`` rule)."""
+    layers of a ``Layers<Scalar>`` (an ``along_layers`` rule). An operator that re-runs the model
+    (``needs_model``) gets ``rescore``, the captures' re-scorer."""
     fn = KERNELS[spec.name]
     if spec.typing.broadcast:
         return K.broadcast(fn, values[0], values[1])
+    if len(values) > 2:  # select_max: the kernel broadcasts its own arguments
+        return fn(*values)
+    if spec.needs_model:
+        if rescore is None:
+            raise ProgramRuntimeError(f"{spec.name}(...) re-runs the model on masked inputs, but these captures carry "
+                                      "no re-scorer (capture with a request whose rescore is set, as compiled programs do)")
+        return K.lift(lambda v: fn(v, rescore), values[0])
     x = values[0]
     if spec.typing.paired is not None:  # a second value argument, the same for every layer of x
         other = values[1]
@@ -109,14 +118,15 @@ def apply_op(spec: OpSpec, values: Sequence[K.Value], consts: Sequence[float]) -
     return K.lift(per_value, x)
 
 
-def eval_op(node: Applied, value: Callable[[A.Expr], K.Value], scalar: Callable[[A.Num | A.Param], float]) -> K.Value:
+def eval_op(node: Applied, value: Callable[[A.Expr], K.Value], scalar: Callable[[A.Num | A.Param], float],
+            rescore: Callable[[Tensor, bool], Tensor] | None = None) -> K.Value:
     """The value of an operator node (``a * b``, ``x ^ c``, ``relu(x)``, ``winsorize(x, p)``, ...):
     ``value`` evaluates an argument, ``scalar`` a constant argument. The one place where the
     language's operators meet their kernels: compiled programs and the enumerator's probe values
     (:mod:`sycam.search.enumerate`) are both computed here."""
     spec, args = operator_of(node)
     consts = [scalar(a) for i, a in enumerate(args) if i in spec.const_args]  # type: ignore[arg-type]
-    return apply_op(spec, [value(a) for i, a in enumerate(args) if i not in spec.const_args], consts)
+    return apply_op(spec, [value(a) for i, a in enumerate(args) if i not in spec.const_args], consts, rescore)
 
 
 # ------------------------------------------------------------------ the compiled program
@@ -142,7 +152,7 @@ class CompiledProgram:
         # equal sub-expressions share one value (e.g. the mean_hw(G) of both lets of Winsor-CAM)
         first: dict[A.Expr, int] = {}
         self._canon: dict[int, int] = {id(n): first.setdefault(n, id(n)) for n in A.walk(self.expr)}
-        needs: dict[str, set[str]] = {k: set() for k in "AGSD"}
+        needs: dict[str, set[str]] = {k: set() for k in "AGSDR"}
         self._collect(self.expr, None, needs)
         layers = sorted(set().union(*needs.values()), key=self._order)
         self.request = CaptureRequest(
@@ -150,6 +160,8 @@ class CompiledProgram:
             grad_layers=frozenset(needs["G"]),
             score_cam_layers=frozenset(needs["S"]),
             ablation_layers=frozenset(needs["D"]),
+            reciprocal_layers=frozenset(needs["R"]),
+            rescore=any(isinstance(n, A.Call) and TABLE[n.fn].needs_model for n in A.walk(self.expr)),
             score=self.score,
         )
 
@@ -263,7 +275,8 @@ class CompiledProgram:
             fused = self._weighted_channels(_WEIGHTED[node.fn], node.args[0], layer, ctx)
             if fused is not None:
                 return fused
-        return eval_op(node, lambda a: self._eval(a, layer, ctx), lambda a: self._scalar(a, ctx))  # type: ignore[arg-type]
+        return eval_op(node, lambda a: self._eval(a, layer, ctx), lambda a: self._scalar(a, ctx),  # type: ignore[arg-type]
+                       caps.rescore)
 
     def _weighted_channels(self, mean: bool, prod: A.BinOp, layer: str | None, ctx: _Ctx) -> K.Value | None:
         """``sum_c(w * T)`` / ``mean_c(w * T)`` with w Channels (B, C) and T a Tensor (B, C, h, w),

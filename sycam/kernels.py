@@ -336,6 +336,41 @@ def topk_pct(x: Tensor, k: float) -> Tensor:
     return _unflat((f >= tau).to(x.dtype), x)
 
 
+@kernel
+def threshold_hw(x: Tensor, p: float) -> Tensor:
+    """Per channel (a Tensor's) or per image (a Map's): zero the entries below the p-th percentile
+    over H, W (UnionCAM's denoising of the gradients, channel by channel)."""
+    f = x.reshape(-1, x.shape[-2] * x.shape[-1])  # one row per (image, channel)
+    tau = _quantile(f, _check_percent(p, "threshold_hw"))
+    return torch.where(f >= tau, f, torch.zeros_like(f)).reshape(x.shape)
+
+
+@kernel
+def select_max(k1: Value, x1: Value, k2: Value, x2: Value) -> Value:
+    """Per image ``x1`` where the Scalar ``k1 > k2``, else ``x2`` (ties: ``x2``); x1 and x2 broadcast."""
+    assert isinstance(k1, Tensor) and isinstance(k2, Tensor) and k1.ndim == k2.ndim == 1, "the checker guarantees Scalar keys"
+    take = k1 > k2
+
+    def pick(a: Tensor, b: Tensor) -> Tensor:
+        a, b = torch.broadcast_tensors(a, b)
+        return torch.where(take.view(-1, *([1] * (a.ndim - 1))), a, b)
+
+    return broadcast(pick, x1, x2)
+
+
+@kernel
+def confidence(m: Tensor, rescore: Callable[[Tensor, bool], Tensor]) -> Tensor:
+    """The target's softmax probability for the input times ``norm(upsample(m))``, (B,): one
+    forward of the masked images, by the captures' re-scorer (:class:`sycam.reforward.Rescorer`)."""
+    return rescore(m, False)
+
+
+@kernel
+def gain(m: Tensor, rescore: Callable[[Tensor, bool], Tensor]) -> Tensor:
+    """``confidence(m)`` minus the target's probability on the blank (all-zero) input (UnionCAM's β)."""
+    return rescore(m, True)
+
+
 def along_layers(fn: Callable[[Tensor], Tensor], xs: list[Tensor]) -> list[Tensor]:
     """Apply a natural-axis function to Layers<Scalar>: the axis is the layer axis."""
     stacked = torch.stack(xs, dim=1)  # (B, L)

@@ -46,17 +46,17 @@ def test_check_reads_files_and_reference_names(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
-ELEVEN = {"gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam", "ablationcam", "eigencam",
-          "finercam", "layeravg", "winsorcam", "micam", "metacam", "integrative_cam"}
+REFERENCES = {"gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam", "ablationcam", "eigencam",
+              "finercam", "layeravg", "winsorcam", "micam", "metacam", "integrative_cam", "reciprocam", "unioncam"}
 
 
 def test_programs_lists_the_references(capsys):
     # exact names, not substrings: `gradcampp` must not stand in for a deleted `gradcam`
-    assert set(sycam.list_programs()) == ELEVEN
-    assert {p.stem for p in (Path(sycam.__file__).parent / "programs").glob("*.cam")} == ELEVEN
+    assert set(sycam.list_programs()) == REFERENCES
+    assert {p.stem for p in (Path(sycam.__file__).parent / "programs").glob("*.cam")} == REFERENCES
     assert main(["programs"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()]
-    assert sorted(listed) == sorted(ELEVEN)  # one line each, no extra and none missing
+    assert sorted(listed) == sorted(REFERENCES)  # one line each, no extra and none missing
 
 
 def test_programs_listing_notices_a_deleted_reference(tmp_path, monkeypatch, capsys):
@@ -71,7 +71,7 @@ def test_programs_listing_notices_a_deleted_reference(tmp_path, monkeypatch, cap
     monkeypatch.setattr(P, "PROGRAM_DIR", copy)
     assert main(["programs"]) == 0
     listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()}
-    assert listed == ELEVEN - {"gradcam"} and set(sycam.list_programs()) != ELEVEN
+    assert listed == REFERENCES - {"gradcam"} and set(sycam.list_programs()) != REFERENCES
 
 
 def test_console_script_runs_without_torch_for_check():

@@ -209,8 +209,9 @@ class Ctx:
         return Ctx(layer, self.in_each, self.depth - 1, grid)
 
 
-def _axis(draw: st.DrawFn, x: A.Expr) -> A.Expr:
-    fn = draw(st.sampled_from(["norm", "zscore", "winsorize", "threshold", "rescale", "topk_pct"]))
+def _axis(draw: st.DrawFn, x: A.Expr, hw: bool = False) -> A.Expr:
+    """A natural-axis operator on ``x``; with ``hw`` (a Tensor or a Map) also the per-channel threshold_hw."""
+    fn = draw(st.sampled_from(["norm", "zscore", "winsorize", "threshold", "rescale", "topk_pct"] + (["threshold_hw"] if hw else [])))
     if fn in AXIS_PLAIN:
         return A.Call(fn, (x,))
     if fn == "rescale":
@@ -256,7 +257,7 @@ def gen(draw: st.DrawFn, ty: str, ctx: Ctx, sel: A.Selection | None = None) -> A
             return A.Call("softmax_c", (draw(gen("T", ctx.down())),))
         if k == 6:
             return A.Pow(draw(gen("T", ctx.down())), draw(exponents()))
-        return _axis(draw, draw(gen("T", ctx.down())))
+        return _axis(draw, draw(gen("T", ctx.down())), hw=True)
     if ty == "C":
         k = draw(st.integers(0, 1 if leaf else 7))
         if k == 0:
@@ -301,6 +302,8 @@ def gen(draw: st.DrawFn, ty: str, ctx: Ctx, sel: A.Selection | None = None) -> A
             return A.Call(draw(st.sampled_from(UNARY)), (draw(gen("S", ctx.down())),))
         if k == 7:
             return A.Pow(draw(gen("S", ctx.down())), draw(exponents()))
+        if k == 8 and draw(st.booleans()):  # re-scoring the input masked by a map
+            return A.Call(draw(st.sampled_from(["confidence", "gain"])), (draw(gen("M", _scalar_ctx(draw, ctx))),))
         return _binop(draw, draw(gen("S", ctx.down())), draw(gen("S", ctx.down())))
     if ty == "M":
         if ctx.layer == FUSED:
@@ -320,6 +323,8 @@ def gen(draw: st.DrawFn, ty: str, ctx: Ctx, sel: A.Selection | None = None) -> A
             return _axis(draw, draw(gen("M", ctx.down())))
         k = draw(st.integers(0, 0 if leaf else 7))
         if k == 0:
+            if draw(st.integers(0, 4)) == 0:
+                return A.Terminal("R", ctx.layer)  # type: ignore[arg-type]
             return A.Call(draw(st.sampled_from(REDUCE_C)), (A.Terminal(draw(st.sampled_from("AG")), ctx.layer),))  # type: ignore[arg-type]
         if k == 1:
             return A.Call(draw(st.sampled_from(REDUCE_C)), (draw(gen("T", ctx.down())),))
@@ -327,11 +332,14 @@ def gen(draw: st.DrawFn, ty: str, ctx: Ctx, sel: A.Selection | None = None) -> A
             return A.Call("pc1", (draw(gen("T", ctx.down())),))
         if k == 3:
             return A.Call(draw(st.sampled_from(UNARY)), (draw(gen("M", ctx.down())),))
+        if k == 4 and draw(st.integers(0, 2)) == 0:  # per image the map with the larger key
+            return A.Call("select_max", (draw(gen("S", ctx.down())), draw(gen("M", ctx.down())), draw(gen("S", ctx.down())),
+                                         draw(gen("M", ctx.down()))))
         if k in (4, 5):
             return _binop(draw, draw(gen("M", ctx.down())), draw(gen(draw(st.sampled_from(["M", "S"])), ctx.down())))
         if k == 6:
             return A.Pow(draw(gen("M", ctx.down())), draw(exponents()))
-        return _axis(draw, draw(gen("M", ctx.down())))
+        return _axis(draw, draw(gen("M", ctx.down())), hw=True)
     assert sel is not None and not ctx.in_each, "per-layer values exist only at the top level"
     if ty == "LM":
         k = draw(st.integers(0, 0 if leaf else 5))
@@ -425,7 +433,7 @@ def programs(draw: st.DrawFn, max_depth: int = 4) -> A.Program:
 
 
 TOKENS = sorted(set(OPS) | {"each", "fuse", "let", "score", "finer", "logit", "prob", "convs", "last", "stages", "sum",
-                            "mean", "max", "prod", "finest", "input", "A", "G", "S", "D", "Y", "@", "@-1", "@layer4",
+                            "mean", "max", "prod", "finest", "input", "A", "G", "S", "D", "R", "Y", "@", "@-1", "@layer4",
                             "(", ")", "[", "]", ",", ";", "=", ":", "?", "?p", "?p:[0,100]=90", "+", "-", "*", "/", "^",
                             "0", "1", "-3", "0.5", "1e9", "1e999", "nan", "inf", "#", "\n", " ", "\t", '"', "'", ".",
                             "__import__", "lambda", "os", "{", "}", "!", "\\", "\x00", "\u00e9", "\u202e", "\ud800"})
@@ -770,7 +778,7 @@ def _features(program: A.Program) -> set[str]:
     return found
 
 
-FEATURES = set(OPS) | {"fuse:finest", "fuse:input", "A", "G", "S", "D", "Y", "X", "^", "let", "score:finer", "score:prob",
+FEATURES = set(OPS) | {"fuse:finest", "fuse:input", "A", "G", "S", "D", "R", "Y", "X", "^", "let", "score:finer", "score:prob",
                       "each:convs", "each:stages", "each:last", "each:-2:", "each:[0, conv3]"}
 
 

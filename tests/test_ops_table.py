@@ -46,6 +46,16 @@ def _consts(spec: OpSpec) -> dict[int, A.Num]:
     return {i: A.Num(values[j]) for j, i in enumerate(spec.const_args)}
 
 
+#: the argument kinds of operators whose arguments differ in kind (select_max: Scalar keys)
+MIXED = {"select_max": ("Scalar", "Map", "Scalar", "Map")}
+
+
+def _fake_rescore(m: torch.Tensor, relative: bool) -> torch.Tensor:
+    """A stand-in for the captures' re-scorer (tests/test_seeds_reforward.py checks the real one
+    against plain forwards): sum of the map, minus 1 for ``gain``."""
+    return m.sum((1, 2)) - (1.0 if relative else 0.0)
+
+
 def _applied(spec: OpSpec, kinds: tuple[str, ...]) -> A.Expr:
     """``spec`` applied to arguments of ``kinds`` (its non-constant arguments, in order); a paired
     rule's second argument is always of its paired kind."""
@@ -219,6 +229,10 @@ FORMULA = {
     "pc1": _pc1,
     "topk_pct": _per_image(_topk_pct),
     "mi": _mi,
+    "threshold_hw": lambda x, p: np.stack([np.stack([np.where(c >= np.percentile(c, p), c, 0.0) for c in img])
+                                           for img in x.reshape(x.shape[0], -1, *x.shape[-2:])]).reshape(x.shape),
+    "confidence": lambda m: m.sum(_HW), "gain": lambda m: m.sum(_HW) - 1,  # with _fake_rescore
+    "select_max": lambda k1, x1, k2, x2: np.where((k1 > k2).reshape(-1, *[1] * (x1.ndim - 1)), x1, x2),
     "^": lambda x, e: x ** e, "*": np.multiply, "/": np.divide, "+": np.add, "-": np.subtract,
 }
 
@@ -231,6 +245,18 @@ def test_every_operator_computes_its_formula(name: str) -> None:
     spec, vals = TABLE[name], _values(3)
     consts = [c.value for c in _consts(spec).values()]
     checked = 0
+    if name in MIXED:  # select_max(k1, x1, k2, x2): Scalar keys that differ per image, values of every kind
+        other = _values(4)
+        other["Scalar"][0] = vals["Scalar"][0]  # a tie on image 0: x2
+        for kind in NDIM:
+            expr = apply_node(spec, (ARG["Scalar"], ARG[kind], ARG["Scalar"], ARG[kind]))
+            it = iter([vals["Scalar"], vals[kind], other["Scalar"], other[kind]])
+            got = compiler.eval_op(expr, lambda node: next(it), lambda n: n.value)  # type: ignore[arg-type]
+            want = FORMULA[name](vals["Scalar"].numpy(), vals[kind].numpy(), other["Scalar"].numpy(), other[kind].numpy())
+            np.testing.assert_array_equal(got.numpy(), want, err_msg=f"{name} on {kind}")
+            checked += 1
+        assert checked == 4 and torch.equal(got[0], other[kind][0])
+        return
     for kind in NDIM:
         if spec.typing.kinds is not None and kind not in spec.typing.kinds:
             continue
@@ -261,7 +287,7 @@ def _two(a: torch.Tensor, b: torch.Tensor):
 # ------------------------------------------------------------------ type rules agree with the kernels
 
 
-def _kernel_value(expr: A.Expr, vals: dict[str, torch.Tensor], layers: int = 0):
+def _kernel_value(expr: A.Expr, vals: dict[str, torch.Tensor], layers: int = 0):  # noqa: C901
     """``expr`` (an operator on ARG arguments) computed by the compiler's eval_op; ``layers`` > 0
     turns each argument into that many layers (a list), as each(...) does (a paired rule's second
     argument stays one value)."""
@@ -271,7 +297,7 @@ def _kernel_value(expr: A.Expr, vals: dict[str, torch.Tensor], layers: int = 0):
         v = vals[by_node[id(node)]]
         return [v * (i + 1) for i in range(layers)] if layers and by_node[id(node)] in ARG else v
 
-    return compiler.eval_op(expr, value, lambda n: n.value)  # type: ignore[arg-type]
+    return compiler.eval_op(expr, value, lambda n: n.value, _fake_rescore)  # type: ignore[arg-type]
 
 
 def _kind_of(v) -> str:
@@ -284,6 +310,8 @@ def test_type_rules_agree_with_the_kernels(name: str) -> None:
     result kind; every kind it refuses is a type error naming the operator."""
     spec, vals = TABLE[name], _values()
     accepted = 0
+    if name in MIXED:
+        return _select_types_agree(spec, vals)
     for kinds in [(k,) * _n_values(spec) for k in NDIM]:
         expr = _applied(spec, kinds)
         try:
@@ -305,6 +333,27 @@ def test_type_rules_agree_with_the_kernels(name: str) -> None:
         else:  # an along-layers reduction of Layers<Scalar> (percentile)
             assert spec.typing.along_layers and kinds[0] == "Scalar" and _kind_of(lout) == ltyp.kind
     assert accepted >= 1
+
+
+def _select_types_agree(spec: OpSpec, vals: dict[str, torch.Tensor]) -> None:
+    """select_max: keys must be Scalars (else a type error naming the operator); the values'
+    kinds broadcast as arithmetic does, also per layer, and the kernel yields that kind."""
+    for k in ("Tensor", "Channels", "Map"):
+        with pytest.raises(ProgramTypeError, match="select_max"):
+            _type(apply_node(spec, (ARG[k], ARG["Map"], ARG["Scalar"], ARG["Map"])))
+    for a, b in [(k, k) for k in NDIM] + [("Channels", "Tensor"), ("Scalar", "Map"), ("Channels", "Map")]:
+        expr = apply_node(spec, (ARG["Scalar"], ARG[a], ARG["Scalar"], ARG[b]))
+        assert _kind_of(_kernel_value(expr, vals)) == _type(expr).kind, (a, b)
+    each = A.Each(A.SelNamed("convs"), ARG["Map"])
+    typ = _type(apply_node(spec, (ARG["Scalar"], each, ARG["Scalar"], each)))
+    assert isinstance(typ, LayersType) and typ.elem.kind == "Map"
+    maps = [vals["Map"] * (i + 1) for i in range(3)]
+    it = iter([vals["Scalar"], maps, -vals["Scalar"], maps[::-1]])
+    lout = compiler.eval_op(apply_node(spec, (ARG["Scalar"], ARG["Map"], ARG["Scalar"], ARG["Map"])), lambda n: next(it),
+                            lambda n: n.value)  # type: ignore[arg-type]
+    assert isinstance(lout, list) and len(lout) == 3 and all(_kind_of(v) == "Map" for v in lout)
+    with pytest.raises(ProgramTypeError, match="combines Layers<Map> with Map"):
+        _type(apply_node(spec, (ARG["Scalar"], each, ARG["Scalar"], ARG["Map"])))
 
 
 def test_a_mixed_broadcast_types_as_its_kernel_computes() -> None:
@@ -362,7 +411,7 @@ def test_canonical_rules_hold_for_the_kernels(name: str) -> None:
                 expected = {"add": x + y, "sub": x - y, "mul": x * y, "div": x / y}[rule.sympy]
                 assert _close(f2(x, y), expected), (name, kind)
     # the sympy side: an uninterpreted function named after the operator, or sympy's arithmetic
-    expr = to_sympy(_applied(spec, ("Tensor", "Channels")[:_n_values(spec)]))
+    expr = to_sympy(_applied(spec, MIXED.get(name, ("Tensor", "Channels"))[:_n_values(spec)]))
     if rule.sympy == "function":
         assert isinstance(expr, _fn(name))
     else:

@@ -99,7 +99,7 @@ class Param:
 
 @dataclass(frozen=True)
 class Terminal:
-    """``A``, ``G``, ``S``, ``D`` (per layer) or ``Y`` (the explained score)."""
+    """``A``, ``G``, ``S``, ``D``, ``R`` (per layer) or ``Y`` (the explained score)."""
 
     kind: str
     layer: LayerRef | None = None

@@ -70,6 +70,11 @@ PC1 = TypeRule("pc1", {"Tensor": "Map"}, "{fn} projects a Tensor (C×H×W) onto 
 AXIS = TypeRule("axis", {"Tensor": "Tensor", "Channels": "Channels", "Map": "Map"},
                 "{fn} of a single Scalar per image is degenerate; apply it to a Map, Channels, Tensor or Layers<Scalar>",
                 along_layers=True)
+AXIS_HW = TypeRule("axis_hw", {"Tensor": "Tensor", "Map": "Map"},
+                   "{fn} works per channel over H and W: it needs a Tensor or a Map, got {x}")
+RESCORE = TypeRule("rescore", {"Map": "Scalar"},
+                   "{fn} re-scores the input masked by a Map (one per image), got {x}")
+SELECT = TypeRule("select", error="{fn}(k1, x1, k2, x2): the keys k1 and k2 must be Scalars, got {x}")
 PERCENTILE = TypeRule("percentile", {"Tensor": "Scalar", "Channels": "Scalar", "Map": "Scalar"},
                       "{fn} of a single Scalar is the Scalar itself; apply it to a Map, Channels, Tensor or Layers<Scalar>",
                       along_layers=True)
@@ -143,6 +148,7 @@ class OpSpec:
     const_args: tuple[int, ...] = ()  # argument positions that must be a number or ?param
     ranges: tuple[Range, ...] = ()
     infix: bool = False  # written between its operands (``a + b``, ``x ^ c``), not called by name
+    needs_model: bool = False  # the kernel re-runs the model: the compiler passes it Captures.rescore
     doc: str = ""
 
     @property
@@ -206,6 +212,16 @@ TABLE: dict[str, OpSpec] = _table(
     OpSpec("mi", 2, MI, "mutual_info",
            doc="MI-CAM: mutual information (nats, 16x16-bin joint histogram over each variable's min..max per image, "
                "on a grid of at most 56x56) of each channel of x, or of a Map x, with the Map m"),
+    OpSpec("threshold_hw", 2, AXIS_HW, "threshold_hw", const_args=(1,), ranges=PERCENT,
+           doc="per channel: zero the entries below the channel's p-th percentile over H,W (UnionCAM's denoising)"),
+    # re-scoring the input masked by a map (one extra forward per image and call: never searched)
+    OpSpec("confidence", 1, RESCORE, "confidence", needs_model=True,
+           doc="softmax probability of the target for the input times norm(upsample(map)), Map->Scalar"),
+    OpSpec("gain", 1, RESCORE, "gain", needs_model=True,
+           doc="confidence(map) minus the target's probability on the blank (all-zero) input, Map->Scalar"),
+    # per-image selection
+    OpSpec("select_max", 4, SELECT, "select_max",
+           doc="select_max(k1, x1, k2, x2): per image x1 where the Scalar k1 > k2, else x2"),
     # projections
     OpSpec("pc1", 1, PC1, "pc1", H, doc="Eigen-CAM: projection on the first principal component, Tensor->Map"),
     # infix, tightest-binding first (the search lists products before sums)
@@ -225,7 +241,7 @@ TABLE: dict[str, OpSpec] = _table(
 OPS: dict[str, OpSpec] = {name: spec for name, spec in TABLE.items() if not spec.infix}  # called by name
 INFIX: dict[str, OpSpec] = {name: spec for name, spec in TABLE.items() if spec.infix}
 
-TERMINALS = ("A", "G", "S", "D", "Y", "X")  # X: the input image's grey level (a Map on the input grid)
+TERMINALS = ("A", "G", "S", "D", "R", "Y", "X")  # X: the input image's grey level (a Map on the input grid)
 SELECTORS = ("convs", "last", "stages")
 FUSE_MODES = ("sum", "mean", "max", "prod")
 FUSE_GRIDS = ("finest", "input")

@@ -4,7 +4,7 @@ Types (per image; the batch axis is implicit):
 
 - ``Tensor``  C×H×W — activations ``A``, gradients ``G``
 - ``Channels`` C — per-channel values: ``mean_hw(G)``, Score-CAM's ``S``, Ablation-CAM's ``D``
-- ``Map``     H×W — a saliency map
+- ``Map``     H×W — a saliency map; Recipro-CAM's ``R``
 - ``Scalar``  one number — ``Y``, ``percentile(x, p)``, constants
 
 ``X`` (the input image's grey level) is a Map on the input grid, where ``fuse(..., input)`` puts maps.
@@ -121,7 +121,7 @@ class _Checker:
             if node.kind == "X":  # the input image, on the input grid (where fuse(..., input) puts maps)
                 return Type("Map", "fused:input")
             layer = "@" + node.layer.key() if node.layer is not None else ("@each" if in_each else "@default")
-            return Type("Tensor" if node.kind in "AG" else "Channels", layer)
+            return Type("Tensor" if node.kind in "AG" else "Map" if node.kind == "R" else "Channels", layer)
         if isinstance(node, (A.BinOp, A.Pow, A.Call)):
             return self.apply(node, in_each)
         if isinstance(node, A.Each):
@@ -170,6 +170,11 @@ class _Checker:
             other = types[1]
             if isinstance(other, LayersType) or other.kind != rule.paired:
                 raise self.fail(node, f"the second argument of {spec.name}(...) must be a {rule.paired} (of any layer), got {other}")
+        if rule.name == "select":  # select_max(k1, x1, k2, x2): Scalar keys, values that broadcast together
+            for i in (0, 2):
+                if types[i] != SCALAR:
+                    raise self.fail(args[i], rule.error.format(fn=spec.name, x=types[i]))
+            return self.broadcast(node, types[1], types[3], f"{spec.name}(...)")
         if rule.broadcast:
             return self.broadcast(node, types[0], types[1], f"'{spec.name}'" if spec.infix else f"{spec.name}(...)")
         x = types[0]

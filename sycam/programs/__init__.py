@@ -16,7 +16,8 @@ PROGRAM_DIR = Path(__file__).resolve().parent
 # short aliases users type
 ALIASES = {"grad-cam": "gradcam", "gradcam++": "gradcampp", "grad-cam++": "gradcampp", "xgrad-cam": "xgradcam",
            "layer-cam": "layercam", "score-cam": "scorecam", "ablation-cam": "ablationcam",
-           "eigen-cam": "eigencam", "finer-cam": "finercam", "winsor-cam": "winsorcam"}
+           "eigen-cam": "eigencam", "finer-cam": "finercam", "winsor-cam": "winsorcam",
+           "recipro-cam": "reciprocam", "recipro_cam": "reciprocam", "union-cam": "unioncam"}
 
 
 def list_programs() -> list[str]:
