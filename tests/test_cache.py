@@ -351,8 +351,11 @@ def test_cli_cache_info_and_clear(tiny, monkeypatch, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_second_synthesis_on_the_same_model_and_data_reads_its_captures(monkeypatch, tmp_path):
-    """Another metric and budget, same model and data: every batch comes from the cache and the
-    capture time is under 10% of the first run's (the built-in CNN, as `sycam synthesize`)."""
+    """Another metric and budget, same model and data: every batch comes from the cache, the
+    cache never runs the model (the built-in CNN, as `sycam synthesize`). The time it saves is a
+    measurement, not a test (README, "The capture cache": 0.6 s instead of 9.9 s)."""
+    import sycam.cache.store as store
+
     from sycam.cli.synthesize import captures_line
     from sycam.search.synthesize import SynthConfig, Synthesis
 
@@ -361,11 +364,15 @@ def test_a_second_synthesis_on_the_same_model_and_data_reads_its_captures(monkey
     common = dict(model="builtin", train_limit=32, val_limit=32, test_limit=32, batch_size=16, max_size=4,
                   references=("gradcam", "winsorcam"), progress=False, sanity="off", device="cpu")
     first = Synthesis(SynthConfig(metrics=["iou"], candidates=10, out=str(tmp_path / "a"), **common)).run()
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("the second run captured a batch the cache should have served")
+
+    monkeypatch.setattr(store, "capture", no_forward)
     second = Synthesis(SynthConfig(metrics=["energy_pg"], candidates=6, out=str(tmp_path / "b"), **common)).run()
     c1, c2 = first["stats"]["captures"], second["stats"]["captures"]
     assert c1["misses"] > 0 and c2["batches"] > 0
     assert c2["hits"] == c2["batches"], c2  # nothing computed
-    assert c2["seconds"] <= 0.1 * c1["seconds"], (c1, c2)
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["stats"]["captures"]["hits"] == c2["hits"]
     line = captures_line(c2)
     assert line.startswith(f"captures: {c2['seconds']:.1f} s for {c2['batches']} batches; {c2['hits']} from the cache")
