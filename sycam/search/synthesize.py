@@ -494,9 +494,12 @@ class Synthesis:
         eligible = [r for r in rows if not r.worse and (cfg.sanity != "require" or r.passes)]
         rejected = [r for r in rows if r not in eligible]
         if not eligible:
-            why = "the sanity checks (see --sanity)" if cfg.sanity == "require" else f"--no-worse-than {cfg.no_worse_than}"
-            raise SycamError(f"none of the {len(rows)} best programs passed {why}; raise --budget"
-                             + (" or run with --sanity flag to see them" if cfg.sanity == "require" else ""))
+            failing = sum(1 for r in rows if cfg.sanity == "require" and not r.passes)
+            worse = sum(1 for r in rows if r.worse)
+            why = "; ".join(part for part in (
+                f"{failing} failed the sanity checks (--sanity flag shows them)" if failing else "",
+                f"{worse} were worse than {cfg.no_worse_than} on validation on some metric of --suite" if worse else "") if part)
+            raise SycamError(f"none of the {len(rows)} best programs is eligible: {why}; raise --budget")
         if single:  # the Pareto front of size against validation score, best first
             hall = pareto_front(eligible, primary.name, sign)
             hall.sort(key=lambda r: (-sign * nan_last(r.val[primary.name], sign), r.size))
