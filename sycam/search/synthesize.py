@@ -172,6 +172,7 @@ class Synthesis:
         self.history: list[dict[str, float]] = []
         self.t0 = self.clock.t0
         self.clock.seconds["load"] = self.clock.now()
+        self.notes: list[str] = []  # warnings found during the search, shown under the hall of fame
         self.captures_mark = STATS.copy()  # captures of this run: computed or from the cache (sycam.cache)
         self.widen: CaptureRequest | None = None  # what every batch's first capture also caches
 
@@ -222,6 +223,13 @@ class Synthesis:
             final = self._final_cost(train, train_seconds) if clock.budget is not None else None
         search_start = clock.now()
         window = clock.left() - (final.seconds() if final else 0.0)
+        if final is not None and window < 0.25 * cfg.budget:  # say so now, and again under the hall of fame
+            note = (f"the search gets {max(window, 0.0):.0f} s of the {cfg.budget:g} s budget: loading and the train "
+                    f"captures took {search_start:.0f} s and the final scoring is estimated at {final.seconds():.0f} s"
+                    + (f" (with --no-worse-than, its suite on validation)" if cfg.no_worse_than else "")
+                    + "; raise --budget")
+            self.notes.append(note)
+            print(f"sycam: {note}", file=sys.stderr, flush=True)
         # the search's window: the enumerator, then its programs' race until 70% of it, then Optuna.
         # Racing scores the enumerator's programs about as fast as it builds them, so it gets more time
         enum_share = 0.3 if cfg.racing else 0.2
@@ -471,7 +479,7 @@ class Synthesis:
         # they get no train score: a pass over the train split for every conv layer cost minutes
         val_values = self._score_split("val", request, everything, compiled)
 
-        warnings: list[str] = []
+        warnings: list[str] = list(self.notes)
         n_val = len(self.datasets["val"])
         if n_val < MIN_VAL_IMAGES:
             warnings.append(f"the validation split has {n_val} images (< {MIN_VAL_IMAGES}): selecting among {len(rows)} "
