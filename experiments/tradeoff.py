@@ -1,8 +1,10 @@
 """The metric × method trade-off study.
 
 Synthesises one program per metric (IoU, energy pointing game, deletion, insertion, robustness)
-on the train split, then scores every synthesised and reference program under every metric on
-the test split, and writes the method × metric table (CSV, Markdown) and a heatmap figure.
+on the train split, then scores every synthesised and reference program (the seed methods
+MI-CAM, MetaCAM, Integrative CAM, Recipro-CAM and UnionCAM among them) under every metric, and the
+noise-robustness pair consistency / responsiveness besides (``--also``), on the test split, and
+writes the method × metric table (CSV, Markdown) and a heatmap figure.
 
     python experiments/tradeoff.py --budget 60 --out experiments/tradeoff
 
@@ -28,7 +30,9 @@ from sycam.search.synthesize import SynthConfig, Synthesis
 from sycam.viz import heatmap_table
 
 METRICS = ("iou", "energy_pg", "deletion", "insertion", "robustness")
-REFERENCES = ("gradcam", "gradcampp", "layercam", "hirescam", "xgradcam", "winsorcam", "layeravg")
+REFERENCES = ("gradcam", "gradcampp", "layercam", "hirescam", "xgradcam", "winsorcam", "layeravg",
+              "micam", "metacam", "integrative_cam", "reciprocam", "unioncam")
+ALSO = ("consistency", "responsiveness")  # scored for every method, not synthesised for
 
 
 def main() -> None:
@@ -42,15 +46,18 @@ def main() -> None:
     ap.add_argument("--test-limit", type=int, default=256)
     ap.add_argument("--out", default="experiments/tradeoff")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--also", default=",".join(ALSO), help="metrics only scored, not synthesised for")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     metric_names = [m for m in args.metrics.split(",") if m]
+    searched = list(metric_names)
+    metric_names += [m for m in args.also.split(",") if m and m not in metric_names]
     metrics = [get_metric(m) for m in metric_names]
 
     programs: dict[str, tuple[str, dict[str, float]]] = {}
     t0 = time.perf_counter()
-    for name in metric_names:
+    for name in searched:
         cfg = SynthConfig(metrics=[name], model=args.model, weights=args.weights, data=args.data, budget=args.budget,
                           seed=args.seed, out=str(out / "runs" / f"synth-{name}"), train_limit=args.train_limit,
                           val_limit=args.train_limit, test_limit=args.test_limit, references=("gradcam",))
