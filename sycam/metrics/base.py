@@ -241,3 +241,18 @@ def score_chunked(score_fn: ScoreFn, images: Tensor, targets: Tensor, chunk_size
             p = score_fn(images[s : s + chunk_size], targets[s : s + chunk_size])
             outs.append(check_scores(p, min(chunk_size, n - s), where).to(images.device))
     return torch.cat(outs) if outs else images.new_zeros(0)
+
+
+def checked_maps(m: object, want: tuple[int, ...], where: str, device: torch.device) -> Tensor:
+    """Maps an explainer returned to a metric, checked loudly: a Tensor of shape ``want``, finite,
+    in [0, 1] (to ``RANGE_TOL``); detached, float32, on ``device``. ``where`` names the caller in
+    the error (e.g. ``"robustness: explain_fn"``)."""
+    if not isinstance(m, Tensor) or tuple(m.shape) != want:
+        got = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
+        raise MetricError(f"{where} returned {got}, expected maps of shape {want}")
+    if not bool(torch.isfinite(m).all()):
+        raise MetricError(f"{where} returned non-finite maps")
+    if float(m.min()) < -RANGE_TOL or float(m.max()) > 1 + RANGE_TOL:
+        raise MetricError(f"{where} must return maps in [0, 1], got [{float(m.min()):.4g}, {float(m.max()):.4g}]")
+    return m.detach().to(device=device, dtype=torch.float32)
+

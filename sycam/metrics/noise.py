@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from sycam.errors import MetricError
-from sycam.metrics.base import RANGE_TOL, Metric, MetricInputs, check_chunk_size
+from sycam.metrics.base import Metric, MetricInputs, check_chunk_size, checked_maps
 from sycam.metrics.robustness import pearson_maps
 
 __all__ = ["DEFAULT_LEVELS", "NOISE_FAMILIES", "Consistency", "NoiseDraws", "Responsiveness", "add_noise"]
@@ -161,17 +161,8 @@ class _NoiseMetric(Metric):
 
     def _explain(self, inputs: MetricInputs, x: Tensor, t: Tensor) -> Tensor:
         assert inputs.explain_fn is not None
-        m = inputs.explain_fn(x, t)
         want = (x.shape[0],) + tuple(x.shape[2:])
-        if not isinstance(m, Tensor) or tuple(m.shape) != want:
-            got = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
-            raise MetricError(f"{self.name}: explain_fn returned {got} for {x.shape[0]} images, expected {want}")
-        if not bool(torch.isfinite(m).all()):
-            raise MetricError(f"{self.name}: explain_fn returned non-finite maps")
-        if float(m.min()) < -RANGE_TOL or float(m.max()) > 1 + RANGE_TOL:
-            raise MetricError(f"{self.name}: explain_fn must return maps in [0, 1], got "
-                             f"[{float(m.min()):.4g}, {float(m.max()):.4g}]")
-        return m.detach().to(device=inputs.maps.device, dtype=torch.float32)
+        return checked_maps(inputs.explain_fn(x, t), want, f"{self.name}: explain_fn", inputs.maps.device)
 
     def draws(self, inputs: MetricInputs, explain: str | None = None) -> NoiseDraws:
         """Every draw of the batch: which ones change the prediction, and the similarity of the

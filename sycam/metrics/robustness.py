@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from sycam.errors import MetricError
-from sycam.metrics.base import RANGE_TOL, Metric, MetricInputs, check_chunk_size, score_chunked
+from sycam.metrics.base import Metric, MetricInputs, check_chunk_size, checked_maps, score_chunked
 from sycam.metrics.faithfulness import seeded_normal
 
 
@@ -73,18 +73,8 @@ class Robustness(Metric):
 
     def _explain(self, inputs: MetricInputs, x: Tensor, t: Tensor) -> Tensor:
         assert inputs.explain_fn is not None
-        m = inputs.explain_fn(x, t)
         want = (x.shape[0],) + tuple(x.shape[2:])
-        if not isinstance(m, Tensor) or tuple(m.shape) != want:
-            got = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
-            raise MetricError(f"robustness: explain_fn returned {got} for {x.shape[0]} images, expected {want}")
-        if not bool(torch.isfinite(m).all()):
-            raise MetricError("robustness: explain_fn returned non-finite maps")
-        if float(m.min()) < -RANGE_TOL or float(m.max()) > 1 + RANGE_TOL:
-            raise MetricError(
-                f"robustness: explain_fn must return maps in [0, 1], got [{float(m.min()):.4g}, {float(m.max()):.4g}]"
-            )
-        return m.detach().to(inputs.maps.device)
+        return checked_maps(inputs.explain_fn(x, t), want, "robustness: explain_fn", inputs.maps.device)
 
     def compute(self, inputs: MetricInputs) -> Tensor:
         images, targets, maps = inputs.images, inputs.targets, inputs.maps

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from sycam.errors import MetricError
-from sycam.metrics.base import RANGE_TOL, Metric, MetricInputs, validate_inputs
+from sycam.metrics.base import Metric, MetricInputs, checked_maps, validate_inputs
 from sycam.metrics.cascade import GRANULARITIES, cascading_randomisation, randomisation_steps
 
 __all__ = [
@@ -102,16 +102,6 @@ def similarity(ref: Tensor, other: Tensor) -> Tensor:
     return torch.where(const_r, torch.full_like(rho, float("nan")), rho)
 
 
-def _checked_maps(m: object, want: tuple[int, ...], where: str, device: torch.device) -> Tensor:
-    if not isinstance(m, Tensor) or tuple(m.shape) != want:
-        got = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
-        raise MetricError(f"{where} returned {got}, expected maps of shape {want}")
-    if not bool(torch.isfinite(m).all()):
-        raise MetricError(f"{where} returned non-finite maps")
-    if float(m.min()) < -RANGE_TOL or float(m.max()) > 1 + RANGE_TOL:
-        raise MetricError(f"{where} must return maps in [0, 1], got [{float(m.min()):.4g}, {float(m.max()):.4g}]")
-    return m.detach().to(device=device, dtype=torch.float32)
-
 
 class ModelRandomisation(Metric):
     """``randomisation``: how much of the map survives the cascading randomisation of the model.
@@ -176,7 +166,7 @@ class ModelRandomisation(Metric):
         out: dict[str, Tensor] = {}
         want = tuple(inputs.maps.shape)
         for name, randomised in cascading_randomisation(model, steps, self.seed):
-            maps = _checked_maps(explain_with(randomised, images, targets), want,
+            maps = checked_maps(explain_with(randomised, images, targets), want,
                                  f"{self.name}: explain_with (step {name!r})", inputs.maps.device)
             out[name] = spearman(inputs.maps.float(), maps)
         return out
@@ -264,7 +254,7 @@ class ClassSensitivity(Metric):
     def compute(self, inputs: MetricInputs) -> Tensor:
         assert inputs.explain_fn is not None and inputs.images is not None
         other = self.other(inputs)
-        maps = _checked_maps(inputs.explain_fn(inputs.images, other), tuple(inputs.maps.shape),
+        maps = checked_maps(inputs.explain_fn(inputs.images, other), tuple(inputs.maps.shape),
                              f"{self.name}: explain_fn", inputs.maps.device)
         return similarity(inputs.maps.float(), maps)
 
