@@ -61,9 +61,9 @@ KEYS = ("base", "operators", "add", "remove", "terminals", "programs", "selectio
 
 def with_expensive(space: Space) -> Space:
     """``space`` with the expensive terminals ``S`` and ``D`` (``--expensive``)."""
-    if set(EXPENSIVE) <= space.productions:
+    if set(EXPENSIVE) <= set(space.productions):
         return space
-    return Space(space.name + "+expensive", space.productions | set(EXPENSIVE), space.selections, space.max_size,
+    return Space(space.name + "+expensive", space.productions + EXPENSIVE, space.selections, space.max_size,
                  space.grow, space.max_depth)
 
 

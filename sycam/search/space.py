@@ -161,14 +161,17 @@ class Space:
     """
 
     name: str
-    productions: frozenset[str]
+    productions: tuple[str, ...]  # any iterable of names; kept as a tuple in PRODUCTIONS order
     selections: tuple[str, ...] = SELECTIONS
     max_size: int = 8
     grow: bool = True
     max_depth: int = 6
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.productions) - set(BY_NAME))
+        names = set(self.productions)
+        object.__setattr__(self, "productions", tuple(p.name for p in PRODUCTIONS if p.name in names))
+        object.__setattr__(self, "selections", tuple(self.selections))
+        unknown = sorted(names - set(BY_NAME))
         if unknown:
             raise ValueError(f"space {self.name}: unknown productions {unknown}")
         missing = [n for n in REQUIRED if n not in self.productions]
@@ -179,7 +182,8 @@ class Space:
 
     @functools.cached_property
     def _by_type(self) -> dict[str, list[Production]]:
-        return {t: [p for p in ps if p.name in self.productions] for t, ps in BY_TYPE.items()}
+        names = set(self.productions)
+        return {t: [p for p in ps if p.name in names] for t, ps in BY_TYPE.items()}
 
     def by_type(self, typ: str) -> list[Production]:
         """The space's productions of type ``typ``, in :data:`PRODUCTIONS` order."""
