@@ -178,3 +178,16 @@ def test_multi_layer_memory_rule_keeps_mobilenet_off_every_conv() -> None:
 
 def test_presets_are_listed() -> None:
     assert list(PRESETS) == ["small", "default", "full"]
+
+
+def test_the_cli_refuses_a_bad_space_before_any_work(tmp_path, capsys) -> None:
+    from sycam.cli import main
+
+    out = tmp_path / "out"
+    assert main(["synthesize", "--metric", "iou", "--space", "ful", "--out", str(out)]) == 2
+    assert "--space 'ful': expected one of the presets small, default, full" in capsys.readouterr().err
+    bad = tmp_path / "s.toml"
+    bad.write_text("max_size = -1\n")
+    assert main(["synthesize", "--metric", "iou", "--space", str(bad), "--out", str(out)]) == 2
+    assert f"{bad} line 1: max_size: expected a positive integer" in capsys.readouterr().err
+    assert not out.exists()  # refused before the model, the data or the output folder
