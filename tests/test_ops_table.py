@@ -94,7 +94,10 @@ def test_every_operator_has_every_part(name: str) -> None:
     assert isinstance(spec.search, tuple) and all(isinstance(f, Form) for f in spec.search)
     for form in spec.search:
         assert form.result in KINDS and all(k in KINDS for k in form.args) and len(form.args) == _n_values(spec)
-        assert not spec.const_args, "a searchable operator cannot have constant arguments"
+        # a form fixes every constant argument, each within the operator's declared range
+        assert len(form.consts) == len(spec.const_args)
+        for r in spec.ranges:
+            assert r.lo <= form.consts[spec.const_args.index(r.index)] <= r.hi, (spec.name, form)
 
 
 def test_the_tables_consumers_cover_exactly_its_operators() -> None:
@@ -472,7 +475,9 @@ def test_search_forms_type_as_declared() -> None:
     letters = {v: k for k, v in KINDS.items()}
     for spec in TABLE.values():
         for form in spec.search:
-            expr = apply_node(spec, tuple(ARG[KINDS[k]] for k in form.args))
+            kinds, consts = iter(form.args), iter(form.consts)
+            expr = apply_node(spec, tuple(A.Num(next(consts)) if i in spec.const_args else ARG[KINDS[next(kinds)]]
+                                          for i in range(spec.arity)))
             assert letters[_type(expr).kind] == form.result, (spec.name, form)
 
 
@@ -493,7 +498,11 @@ def test_the_enumerator_evaluates_through_the_tables_kernels(monkeypatch) -> Non
     for name, fn in list(compiler.KERNELS.items()):
         monkeypatch.setitem(compiler.KERNELS, name, counting(name, fn))
     caps, resolver = probe_captures(tiny_cnn())
-    enum = Enumerator(caps, resolver, max_size=5, bucket=100_000, lifted=0)  # no bucket fills up
+    from sycam.search.presets import FULL
+
+    # the full space: every form of the table (S, D: the probe has none, so not the expensive terminals)
+    space = FULL
+    enum = Enumerator(caps, resolver, max_size=5, bucket=100_000, lifted=0, space=space)  # no bucket fills up
     enum.run()
     searchable = {s.name for s in TABLE.values() if s.search}
     assert searchable <= set(calls), searchable - set(calls)

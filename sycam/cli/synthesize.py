@@ -34,7 +34,14 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-limit", type=int, default=256, help="images of the validation split selected on")
     parser.add_argument("--test-limit", type=int, default=512, help="images of the test split reported on")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-size", type=int, default=8, help="largest Map expression the enumerator builds (AST nodes)")
+    parser.add_argument("--space", default="default", metavar="PRESET|FILE",
+                        help="the grammar subset searched: small, default (the default), full (every operator, terminal "
+                             "and layer selection but S and D), or a .toml/.json space file (see sycam.search.presets)")
+    parser.add_argument("--expensive", action="store_true", help="add the expensive terminals S (Score-CAM) and D "
+                        "(Ablation-CAM) to the space: a forward pass per channel per image (the cost is measured and printed)")
+    parser.add_argument("--max-size", type=int, default=None, help="largest Map expression the enumerator builds (AST "
+                        "nodes); default: the space's (8 for default and full), one more per doubling of --budget beyond "
+                        "300 s (at most 4 more); with --candidates, the space's")
     parser.add_argument("--no-enumerate", action="store_true", help="skip the enumerator (Optuna only)")
     parser.add_argument("--no-racing", action="store_true", help="score every candidate exactly (all train images, full "
                         "resolution) instead of racing them on image subsets at low resolution first")
@@ -82,11 +89,17 @@ def run(name: str, args: argparse.Namespace) -> int:
     if args.budget <= 0:
         raise SycamError(f"--budget must be positive, got {args.budget}")
     worker = _worker(args.worker) if args.worker else None
+    from sycam.search.presets import load_space, max_size_for
+
+    space = load_space(args.space, args.expensive)
+    if args.max_size is not None and args.max_size < 1:
+        raise SycamError(f"--max-size must be positive, got {args.max_size}")
+    max_size = max_size_for(space, args.budget, args.candidates, args.max_size)
     cfg = SynthConfig(
         metrics=metrics, model=args.model, weights=args.weights, data=args.data, budget=args.budget,
         candidates=args.candidates, seed=args.seed, out=args.out, storage=args.storage, study=args.study,
         train_limit=args.train_limit, val_limit=args.val_limit, test_limit=args.test_limit, batch_size=args.batch_size,
-        max_size=args.max_size, references=_split(args.references) if args.references else REFERENCES,
+        max_size=max_size, max_depth=space.max_depth, space=space, references=_split(args.references) if args.references else REFERENCES,
         targets=args.targets, device=args.device, progress=not args.quiet, enumerate=not args.no_enumerate,
         sanity=args.sanity, sanity_images=args.sanity_images, pool=args.pool, no_worse_than=args.no_worse_than,
         suite=_split(args.suite), split_seed=args.split_seed, folds=args.folds, workers=args.workers, worker=worker,
@@ -98,6 +111,13 @@ def run(name: str, args: argparse.Namespace) -> int:
     else:
         print(format_front(result, metrics))
     print(captures_line(result.get("stats", {}).get("captures")))
+    if space.name != "default" or args.max_size is None and max_size != space.max_size:
+        print(f"{space.describe()}; enumerated up to size {max_size}")
+    if space.expensive:
+        from sycam.search.expensive import cost_line
+
+        costs = result.get("stats", {}).get("expensive_seconds_per_image") or {}
+        print(cost_line(costs))
     print(format_phases(result["stats"]["phases"]))
     return 0
 

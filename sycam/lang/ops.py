@@ -106,12 +106,15 @@ class Canon:
 @dataclass(frozen=True)
 class Form:
     """One production of the search space: the operator on arguments of the types ``args``
-    yielding ``result`` (letters of :data:`KINDS`). ``name`` names the production (Optuna's
-    parameter values and derivations use it); by default ``<operator>_<argument letters>``."""
+    yielding ``result`` (letters of :data:`KINDS`). ``consts``: the values of the operator's
+    constant arguments (``const_args``, in order; e.g. ``threshold(x, 50)``), fixed by the form.
+    ``name`` names the production (Optuna's parameter values and derivations use it); by default
+    ``<operator>_<argument letters>``, then ``_<constant>`` for each constant."""
 
     args: tuple[str, ...]
     result: str
     name: str = ""
+    consts: tuple[float, ...] = ()
 
 
 def on(*kinds: str) -> tuple[Form, ...]:
@@ -133,6 +136,15 @@ class Range:
 
 PERCENT = (Range(1, 0.0, 100.0, "{fn}'s percentile"),)
 SHARE = (Range(1, 0.0, 100.0, "{fn}'s percentage"),)
+
+
+def at(kinds: tuple[str, ...], *values: float) -> tuple[Form, ...]:
+    """Forms of an operator with one constant argument: on each of ``kinds`` (the same kind out),
+    with each of ``values`` as the constant."""
+    return tuple(Form((k,), k, consts=(v,)) for k in kinds for v in values)
+
+
+BINARY_FORMS = (Form(("M", "M"), "M"), Form(("C", "C"), "C"))  # two Maps or two Channels, one out
 
 
 @dataclass(frozen=True)
@@ -157,7 +169,10 @@ class OpSpec:
 
     def production(self, form: Form) -> str:
         """The name of the search space's production for ``form``."""
-        return form.name or f"{self.name}_{''.join(form.args)}"
+        if form.name:
+            return form.name
+        op = {"^": "pow", "-": "sub", "+": "add", "*": "mul", "/": "div"}.get(self.name, self.name)
+        return f"{op}_{''.join(form.args)}" + "".join(f"_{c:g}" for c in form.consts)
 
 
 def _table(*specs: OpSpec) -> dict[str, OpSpec]:
@@ -169,20 +184,20 @@ H = Canon(homogeneous=True)
 TABLE: dict[str, OpSpec] = _table(
     # elementwise unary
     OpSpec("relu", 1, ELEMENTWISE, "torch.relu", Canon(idempotent=True, homogeneous=True), on("T", "C", "M"), doc="max(x, 0)"),
-    OpSpec("abs", 1, ELEMENTWISE, "torch.abs", Canon(idempotent=True, absorbs=("relu",)), on("T"), doc="|x|"),
-    OpSpec("neg", 1, ELEMENTWISE, "torch.neg", Canon("neg"), doc="-x"),
-    OpSpec("exp", 1, ELEMENTWISE, "guarded_exp", doc="e^min(x, 80) (guarded)"),
-    OpSpec("log", 1, ELEMENTWISE, "guarded_log", doc="log(max(x, eps)) (guarded)"),
-    OpSpec("sqrt", 1, ELEMENTWISE, "guarded_sqrt", doc="sqrt(max(x, 0)) (guarded)"),
+    OpSpec("abs", 1, ELEMENTWISE, "torch.abs", Canon(idempotent=True, absorbs=("relu",)), on("T", "C", "M"), doc="|x|"),
+    OpSpec("neg", 1, ELEMENTWISE, "torch.neg", Canon("neg"), on("C"), doc="-x"),
+    OpSpec("exp", 1, ELEMENTWISE, "guarded_exp", search=on("T", "C", "M"), doc="e^min(x, 80) (guarded)"),
+    OpSpec("log", 1, ELEMENTWISE, "guarded_log", search=on("T", "C", "M"), doc="log(max(x, eps)) (guarded)"),
+    OpSpec("sqrt", 1, ELEMENTWISE, "guarded_sqrt", search=on("T", "C", "M"), doc="sqrt(max(x, 0)) (guarded)"),
     OpSpec("sq", 1, ELEMENTWISE, "torch.square", Canon("square"), on("T", "C", "M"), doc="x^2"),
-    OpSpec("sigmoid", 1, ELEMENTWISE, "torch.sigmoid", doc="1 / (1 + e^-x)"),
-    OpSpec("tanh", 1, ELEMENTWISE, "torch.tanh", doc="tanh(x)"),
-    OpSpec("sign", 1, ELEMENTWISE, "torch.sign", Canon(idempotent=True, scale_invariant=True), doc="sign(x) in {-1, 0, 1}"),
+    OpSpec("sigmoid", 1, ELEMENTWISE, "torch.sigmoid", search=on("T", "C", "M"), doc="1 / (1 + e^-x)"),
+    OpSpec("tanh", 1, ELEMENTWISE, "torch.tanh", search=on("T", "C", "M"), doc="tanh(x)"),
+    OpSpec("sign", 1, ELEMENTWISE, "torch.sign", Canon(idempotent=True, scale_invariant=True), on("C"), doc="sign(x) in {-1, 0, 1}"),
     # elementwise binary
-    OpSpec("max", 2, BINARY, "torch.maximum", Canon(idempotent=True, commutative=True), doc="elementwise maximum (broadcasting)"),
-    OpSpec("min", 2, BINARY, "torch.minimum", Canon(idempotent=True, commutative=True), doc="elementwise minimum (broadcasting)"),
+    OpSpec("max", 2, BINARY, "torch.maximum", Canon(idempotent=True, commutative=True), BINARY_FORMS, doc="elementwise maximum (broadcasting)"),
+    OpSpec("min", 2, BINARY, "torch.minimum", Canon(idempotent=True, commutative=True), BINARY_FORMS, doc="elementwise minimum (broadcasting)"),
     # reductions
-    OpSpec("sum_hw", 1, REDUCE_HW, "sum_hw", H, doc="sum over H,W: Tensor->Channels, Map->Scalar"),
+    OpSpec("sum_hw", 1, REDUCE_HW, "sum_hw", H, (Form(("T",), "C"), Form(("M",), "S")), doc="sum over H,W: Tensor->Channels, Map->Scalar"),
     OpSpec("mean_hw", 1, REDUCE_HW, "mean_hw", H, (Form(("T",), "C", "mean_hw"),),
            doc="mean over H,W: Tensor->Channels, Map->Scalar"),
     OpSpec("max_hw", 1, REDUCE_HW, "max_hw", H, (Form(("T",), "C", "max_hw"),), doc="max over H,W: Tensor->Channels, Map->Scalar"),
@@ -193,18 +208,19 @@ TABLE: dict[str, OpSpec] = _table(
            doc="max over channels: Tensor->Map, Channels->Scalar"),
     # normalisation along the natural axis (Map: H,W; Channels: C; Tensor: C,H,W;
     # Layers<Scalar>: the layers; other Layers<T>: each layer separately)
-    OpSpec("norm", 1, AXIS, "norm", Canon(idempotent=True, scale_invariant=True),
+    OpSpec("norm", 1, AXIS, "norm", Canon(idempotent=True, scale_invariant=True), on("C", "M"),
            doc="min-max to [0, 1] along the natural axis (constant -> 0)"),
-    OpSpec("zscore", 1, AXIS, "zscore", Canon(idempotent=True, scale_invariant=True), doc="(x - mean) / std along the natural axis"),
+    OpSpec("zscore", 1, AXIS, "zscore", Canon(idempotent=True, scale_invariant=True), on("C", "M"), doc="(x - mean) / std along the natural axis"),
     OpSpec("softmax_c", 1, SOFTMAX_C, "softmax_c", search=(Form(("C",), "C", "softmax_C"),),
            doc="softmax over channels: Channels or Tensor"),
     # robust statistics along the natural axis
-    OpSpec("winsorize", 2, AXIS, "winsorize", const_args=(1,), ranges=PERCENT,
+    OpSpec("winsorize", 2, AXIS, "winsorize", const_args=(1,), ranges=PERCENT, search=at(("M", "C"), 90.0, 99.0),
            doc="cap the positive entries at the p-th percentile of the positive entries"),
     OpSpec("percentile", 2, PERCENTILE, "percentile", const_args=(1,), ranges=PERCENT,
+           search=tuple(Form(("M",), "S", consts=(p,)) for p in (50.0, 90.0)),
            doc="p-th percentile (linear interpolation) -> Scalar"),
-    OpSpec("threshold", 2, AXIS, "threshold", const_args=(1,), ranges=PERCENT, doc="zero the entries below the p-th percentile"),
-    OpSpec("rescale", 3, AXIS, "rescale", const_args=(1, 2),
+    OpSpec("threshold", 2, AXIS, "threshold", const_args=(1,), ranges=PERCENT, search=at(("M",), 50.0, 80.0), doc="zero the entries below the p-th percentile"),
+    OpSpec("rescale", 3, AXIS, "rescale", const_args=(1, 2), search=(Form(("M",), "M", consts=(0.1, 1.0)),),
            doc="positive entries linearly to [lo, hi]; zeros stay zero; all equal -> hi"),
     OpSpec("topk_pct", 2, AXIS, "topk_pct", const_args=(1,), ranges=SHARE,
            doc="MetaCAM's vote: 1 on the k% highest entries (the ceil(k N / 100) largest, ties at the cut kept), 0 elsewhere"),
@@ -223,9 +239,9 @@ TABLE: dict[str, OpSpec] = _table(
     OpSpec("select_max", 4, SELECT, "select_max",
            doc="select_max(k1, x1, k2, x2): per image x1 where the Scalar k1 > k2, else x2"),
     # projections
-    OpSpec("pc1", 1, PC1, "pc1", H, doc="Eigen-CAM: projection on the first principal component, Tensor->Map"),
+    OpSpec("pc1", 1, PC1, "pc1", H, (Form(("T",), "M", "pc1"),), doc="Eigen-CAM: projection on the first principal component, Tensor->Map"),
     # infix, tightest-binding first (the search lists products before sums)
-    OpSpec("^", 2, ELEMENTWISE, "power", Canon("pow"), const_args=(1,), infix=True,
+    OpSpec("^", 2, ELEMENTWISE, "power", Canon("pow"), const_args=(1,), infix=True, search=at(("M",), 0.5, 3.0),
            ranges=(Range(1, -MAX_EXPONENT, MAX_EXPONENT, "an exponent", at_arg=True),),
            doc="x^c: integer c keeps the sign, others act on |x|, negative c divide safely"),
     OpSpec("*", 2, BINARY, "torch.mul", Canon("mul"),
@@ -233,9 +249,9 @@ TABLE: dict[str, OpSpec] = _table(
             Form(("M", "M"), "M", "mul_MM")), infix=True, doc="product (broadcasting)"),
     OpSpec("/", 2, BINARY, "safe_div", Canon("div"), (Form(("C", "C"), "C", "div_CC"),), infix=True,
            doc="guarded division: x/0 is finite, 0/0 = 0"),
-    OpSpec("+", 2, BINARY, "torch.add", Canon("add"), (Form(("T", "T"), "T", "add_TT"), Form(("M", "M"), "M", "add_MM")),
-           infix=True, doc="sum (broadcasting)"),
-    OpSpec("-", 2, BINARY, "torch.sub", Canon("sub"), infix=True, doc="difference (broadcasting)"),
+    OpSpec("+", 2, BINARY, "torch.add", Canon("add"), (Form(("T", "T"), "T", "add_TT"), Form(("M", "M"), "M", "add_MM"),
+                                                      Form(("C", "C"), "C", "add_CC")), infix=True, doc="sum (broadcasting)"),
+    OpSpec("-", 2, BINARY, "torch.sub", Canon("sub"), BINARY_FORMS, infix=True, doc="difference (broadcasting)"),
 )
 
 OPS: dict[str, OpSpec] = {name: spec for name, spec in TABLE.items() if not spec.infix}  # called by name

@@ -25,7 +25,7 @@ from sycam.compile import CompiledProgram, LayerResolver, eval_op
 from sycam.errors import ProgramRuntimeError, SycamError
 from sycam.lang import ast as A
 from sycam.lang.canon import canonical
-from sycam.search.space import BY_NAME, BY_TYPE, C, M, P, SELECTIONS, S, T, Derivation, Production
+from sycam.search.space import BY_NAME, C, DEFAULT, M, P, SELECTIONS, S, T, Derivation, Production, Space
 
 
 _WEIGHTS: dict[tuple[int, str], Tensor] = {}
@@ -94,7 +94,9 @@ class Enumerator:
 
     ``probe``: captures of a few images holding every conv layer (A and G); ``resolver``: the
     model's layers; ``max_size``: largest Map expression (AST nodes) enumerated; ``bucket``:
-    at most this many expressions are kept per (type, size), smallest first.
+    at most this many expressions are kept per (type, size), smallest first; ``space``: the
+    productions it combines (:class:`~sycam.search.space.Space`; its expensive terminals need
+    ``S``/``D`` in the probe).
     """
 
     probe: Captures
@@ -105,6 +107,7 @@ class Enumerator:
     lifted: int = 40  # ... at most this many of them (the smallest)
     selections: tuple[str, ...] = SELECTIONS  # layer selections the multi-layer programs use
     stats: EnumStats = field(default_factory=EnumStats)
+    space: Space = DEFAULT
 
     def __post_init__(self) -> None:
         self.layer = self.resolver.default
@@ -192,7 +195,7 @@ class Enumerator:
         with torch.no_grad():
             for size in range(1, self.max_size + 1):
                 for typ in (T, C, S, M):
-                    for prod in BY_TYPE[typ]:
+                    for prod in self.space.by_type(typ):
                         for kids in self._combos(prod, size):
                             if len(self.banks[typ].get(size, [])) >= self.bucket:
                                 break
@@ -217,7 +220,7 @@ class Enumerator:
         with torch.no_grad():
             for entry in maps:
                 for sel in self.selections:
-                    for name in ("layers_mean", "layers_max", "layers_winsor"):
+                    for name in [p.name for p in self.space.by_type(P) if p.needs_selection]:
                         kids = (entry.deriv, importance) if name == "layers_winsor" else (entry.deriv,)
                         deriv = Derivation(name, kids, sel)
                         self.stats.generated += 1

@@ -7,14 +7,21 @@ program body. The operators' productions come from the table of operators
 whole-program templates are this module's. Multi-layer productions lift a Map (and a Scalar layer importance) over a layer
 selection, as Winsor-CAM and layer averaging do. A program built from productions carries its
 derivation, so it can be replayed as Optuna parameters (for seeding a study).
+
+:data:`PRODUCTIONS` is the whole searchable language; a :class:`Space` is the subset one search
+uses (its productions, layer selections and size limits; presets and files in
+:mod:`sycam.search.presets`). :data:`DEFAULT` is the space every search used before there were
+others, production for production.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Callable, Sequence
 
 from sycam.lang import ast as A
 from sycam.lang.ops import TABLE, apply_node
+from sycam.lang.pretty import _selection as selection_text
 
 T, C, M, S, P = "T", "C", "M", "S", "P"
 SELECTIONS = ("convs", "stages")
@@ -42,6 +49,7 @@ class Production:
     needs_selection: bool = False
 
     def build(self, kids: Sequence[A.Expr], sel: str = "convs") -> A.Expr:
+        """The template with ``kids`` for its children and ``sel`` (selection text) for ``$sel``."""
         return _substitute(self.template, list(kids), sel)
 
     @property
@@ -53,7 +61,7 @@ def _substitute(node, kids: list[A.Expr], sel: str):
     if isinstance(node, A.Var) and node.name.startswith("$"):
         return kids[int(node.name[1:])]
     if isinstance(node, A.SelNamed) and node.name == "$sel":
-        return A.SelNamed(sel)
+        return selection_node(sel)
     if is_dataclass(node) and not isinstance(node, type):
         changes = {}
         for f in fields(node):
@@ -72,6 +80,17 @@ def _substitute(node, kids: list[A.Expr], sel: str):
 
 
 _SEL = A.SelNamed("$sel")
+
+
+@functools.lru_cache(maxsize=None)
+def selection_node(text: str) -> A.Selection:
+    """The layer selection written ``text`` (``convs``, ``-3:``, ``[-1, -2]``), parsed by the
+    language's parser (raises :class:`~sycam.errors.ProgramSyntaxError` on bad text)."""
+    from sycam.lang.parse import parse
+
+    body = parse(f"each({text}, sum_c(A))").body
+    assert isinstance(body, A.Each)
+    return body.selection
 
 
 def _each(body: A.Expr) -> A.Each:
@@ -93,14 +112,20 @@ def operator_productions() -> list[Production]:
     out: list[Production] = []
     for spec in TABLE.values():
         for form in spec.search:
-            if spec.const_args:
-                raise ValueError(f"operator {spec.name} has constant arguments: the search cannot produce it")
-            template = apply_node(spec, tuple(_v(i) for i in range(len(form.args))))
+            if len(form.consts) != len(spec.const_args) or len(form.args) + len(form.consts) != spec.arity:
+                raise ValueError(f"operator {spec.name}: a search form needs {spec.arity - len(spec.const_args)} argument "
+                                 f"kinds and {len(spec.const_args)} constants, got {form}")
+            kids, consts = iter(range(len(form.args))), iter(form.consts)
+            template = apply_node(spec, tuple(A.Num(float(next(consts))) if i in spec.const_args else _v(next(kids))
+                                              for i in range(spec.arity)))
             out.append(Production(spec.production(form), form.result, form.args, template))
     return sorted(out, key=_rank)
 
 
-_TERMINALS = [Production("A", T, (), A.Terminal("A")), Production("G", T, (), A.Terminal("G"))]
+_TERMINALS = [Production("A", T, (), A.Terminal("A")), Production("G", T, (), A.Terminal("G")),
+              # the expensive ones (a forward pass per channel): Score-CAM's channel scores, Ablation-CAM's drops
+              Production("S", C, (), A.Terminal("S")), Production("D", C, (), A.Terminal("D"))]
+EXPENSIVE = ("S", "D")
 _PROGRAMS = [
     Production("single", P, (M,), _v(0)),
     Production("layers_mean", P, (M,), A.Fuse(_each(_call("norm", _v(0))), None, "mean"), True),
@@ -120,6 +145,67 @@ for _p in PRODUCTIONS:
 
 # the smallest expression of each type, used where the sampler reaches its depth limit
 MINIMAL = {T: ("A",), C: ("mean_hw", ("G",)), M: ("sum_c", ("A",)), S: ("mean_c_S", ("mean_hw", ("G",)))}
+REQUIRED = ("A", "G", "mean_hw", "sum_c", "mean_c_S", "single")  # every space has them (MINIMAL's, a program)
+
+
+@dataclass(frozen=True)
+class Space:
+    """The part of the language one search uses.
+
+    ``productions``: names from :data:`PRODUCTIONS` (they keep that list's order, which is the
+    enumerator's and the sampler's order of choices); ``selections``: the layer selections of the
+    multi-layer programs, as program text (``convs``, ``stages``, ``-3:``, ``[-1, -2]``);
+    ``max_size``: the enumerator's largest Map expression (AST nodes) when the budget does not raise
+    it, and ``grow``: whether it does (:func:`sycam.search.presets.max_size_for`); ``max_depth``:
+    the sampler's.
+    """
+
+    name: str
+    productions: tuple[str, ...]  # any iterable of names; kept as a tuple in PRODUCTIONS order
+    selections: tuple[str, ...] = SELECTIONS
+    max_size: int = 8
+    grow: bool = True
+    max_depth: int = 6
+
+    def __post_init__(self) -> None:
+        names = set(self.productions)
+        object.__setattr__(self, "productions", tuple(p.name for p in PRODUCTIONS if p.name in names))
+        object.__setattr__(self, "selections", tuple(self.selections))
+        unknown = sorted(names - set(BY_NAME))
+        if unknown:
+            raise ValueError(f"space {self.name}: unknown productions {unknown}")
+        missing = [n for n in REQUIRED if n not in self.productions]
+        if missing:
+            raise ValueError(f"space {self.name}: it must contain {', '.join(missing)} (every space does)")
+        for text in self.selections:
+            selection_node(text)
+
+    @functools.cached_property
+    def _by_type(self) -> dict[str, list[Production]]:
+        names = set(self.productions)
+        return {t: [p for p in ps if p.name in names] for t, ps in BY_TYPE.items()}
+
+    def by_type(self, typ: str) -> list[Production]:
+        """The space's productions of type ``typ``, in :data:`PRODUCTIONS` order."""
+        return self._by_type.get(typ, [])
+
+    @property
+    def expensive(self) -> tuple[str, ...]:
+        """The expensive terminals (``S``, ``D``) the space uses."""
+        return tuple(t for t in EXPENSIVE if t in self.productions)
+
+    def describe(self) -> str:
+        counts = ", ".join(f"{t} {len(self.by_type(t))}" for t in (T, C, M, S, P))
+        return (f"space {self.name}: {len(self.productions)} productions ({counts}), selections "
+                f"{', '.join(self.selections) or 'none'}, max size {self.max_size}{' (grows with the budget)' if self.grow else ''}")
+
+
+# today's space, production for production (tests/test_ops_table.py pins it)
+DEFAULT = Space("default", frozenset([
+    "A", "G", "relu_T", "abs_T", "sq_T", "mul_TT", "add_TT", "mul_CT",
+    "mean_hw", "max_hw", "relu_C", "sq_C", "softmax_C", "mul_CC", "div_CC",
+    "sum_c", "mean_c", "max_c", "relu_M", "sq_M", "mul_MM", "add_MM",
+    "mean_c_S", "max_c_S", "single", "layers_mean", "layers_max", "layers_winsor"]))
 
 
 @dataclass(frozen=True)
@@ -147,7 +233,7 @@ def minimal(typ: str) -> Derivation:
     return conv(spec) if len(spec) > 1 else Derivation(spec[0])
 
 
-def _match(template, node, binding: dict[int, A.Expr], sel: list[str]) -> bool:
+def _match(template, node, binding: dict[int, A.Expr], sel: list[str], allowed: Sequence[str] = SELECTIONS) -> bool:
     if isinstance(template, A.Var) and template.name.startswith("$"):
         i = int(template.name[1:])
         if i in binding:
@@ -155,12 +241,15 @@ def _match(template, node, binding: dict[int, A.Expr], sel: list[str]) -> bool:
         binding[i] = node
         return True
     if isinstance(template, A.SelNamed) and template.name == "$sel":
-        if not isinstance(node, A.SelNamed) or node.name not in SELECTIONS:
+        if not isinstance(node, (A.SelNamed, A.SelSlice, A.SelList)):
             return False
-        if sel and sel[0] != node.name:
+        text = selection_text(node)
+        if text not in allowed:
+            return False
+        if sel and sel[0] != text:
             return False
         if not sel:
-            sel.append(node.name)
+            sel.append(text)
         return True
     if type(template) is not type(node):
         return False
@@ -170,10 +259,11 @@ def _match(template, node, binding: dict[int, A.Expr], sel: list[str]) -> bool:
                 continue
             a, b = getattr(template, f.name), getattr(node, f.name)
             if isinstance(a, tuple):
-                if not isinstance(b, tuple) or len(a) != len(b) or not all(_match(x, y, binding, sel) for x, y in zip(a, b)):
+                if not isinstance(b, tuple) or len(a) != len(b) or not all(_match(x, y, binding, sel, allowed)
+                                                                           for x, y in zip(a, b)):
                     return False
             elif is_dataclass(a):
-                if not _match(a, b, binding, sel):
+                if not _match(a, b, binding, sel, allowed):
                     return False
             elif isinstance(a, A.Param) or a != b:
                 if not (isinstance(a, A.Param) and isinstance(b, A.Param) and a.name == b.name):
@@ -182,15 +272,15 @@ def _match(template, node, binding: dict[int, A.Expr], sel: list[str]) -> bool:
     return template == node
 
 
-def derive(node: A.Expr, typ: str = P) -> Derivation | None:
-    """The derivation of ``node`` in the search space, or None when it lies outside it."""
-    for prod in BY_TYPE.get(typ, []):
+def derive(node: A.Expr, typ: str = P, space: Space = DEFAULT) -> Derivation | None:
+    """The derivation of ``node`` in ``space``, or None when it lies outside it."""
+    for prod in space.by_type(typ):
         binding: dict[int, A.Expr] = {}
         sel: list[str] = []
-        if _match(prod.template, node, binding, sel):
+        if _match(prod.template, node, binding, sel, space.selections):
             kids = []
             for i, ktype in enumerate(prod.children):
-                d = derive(binding[i], ktype)
+                d = derive(binding[i], ktype, space)
                 if d is None:
                     break
                 kids.append(d)
@@ -215,16 +305,17 @@ def to_params(deriv: Derivation, path: str = "P") -> dict[str, str]:
     return out
 
 
-def to_distributions(deriv: Derivation, path: str = "P", selections: Sequence[str] = SELECTIONS) -> dict[str, object]:
-    """Optuna distributions of :func:`to_params` (for recording a scored program as a trial)."""
+def to_distributions(deriv: Derivation, path: str = "P", selections: Sequence[str] = SELECTIONS,
+                     space: Space = DEFAULT) -> dict[str, object]:
+    """Optuna distributions of :func:`to_params` in ``space`` (for recording a scored program as a trial)."""
     from optuna.distributions import CategoricalDistribution
 
     prod = BY_NAME[deriv.prod]
-    out: dict[str, object] = {_key(path, prod.type): CategoricalDistribution([p.name for p in BY_TYPE[prod.type]])}
+    out: dict[str, object] = {_key(path, prod.type): CategoricalDistribution([p.name for p in space.by_type(prod.type)])}
     if deriv.sel is not None:
         out[path + ".sel"] = CategoricalDistribution(list(selections))
     for i, kid in enumerate(deriv.kids):
-        out.update(to_distributions(kid, f"{path}.{i}", selections))
+        out.update(to_distributions(kid, f"{path}.{i}", selections, space))
     return out
 
 
@@ -240,11 +331,12 @@ class Sampler:
     max_depth: int = 6
     selections: Sequence[str] = SELECTIONS
     used: list[str] = field(default_factory=list)
+    space: Space = DEFAULT
 
     def sample(self, typ: str = P, path: str = "P", depth: int = 0) -> Derivation:
         if depth >= self.max_depth and typ != P:
             return minimal(typ)
-        options = [p.name for p in BY_TYPE[typ]]
+        options = [p.name for p in self.space.by_type(typ)]
         name = self.choose(_key(path, typ), options)
         prod = BY_NAME[name]
         sel = self.choose(path + ".sel", list(self.selections)) if prod.needs_selection else None

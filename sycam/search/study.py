@@ -29,7 +29,7 @@ from sycam.errors import ProgramRuntimeError, SycamError
 from sycam.lang import ast as A
 from sycam.lang.canon import canonical_hash
 from sycam.lang.pretty import pretty
-from sycam.search.space import Derivation, Sampler, to_distributions, to_params
+from sycam.search.space import DEFAULT, Derivation, Sampler, Space, to_distributions, to_params
 
 optuna.logging.set_verbosity(logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -134,10 +134,10 @@ def open_study(storage: RDBStorage, name: str, directions: Sequence[str], seed: 
 
 
 def record(study: optuna.Study, deriv: Derivation, values: Sequence[float], attrs: dict[str, object],
-           selections: Sequence[str], constraints: dict[str, float] | None = None) -> None:
+           selections: Sequence[str], constraints: dict[str, float] | None = None, space: Space = DEFAULT) -> None:
     """Add an already scored program to the study as a completed trial (TPE learns from it, and
     from its ``constraints``: check name -> value, feasible when <= 0)."""
-    trial = optuna.trial.create_trial(params=to_params(deriv), distributions=to_distributions(deriv, selections=selections),  # type: ignore[arg-type]
+    trial = optuna.trial.create_trial(params=to_params(deriv), distributions=to_distributions(deriv, selections=selections, space=space),  # type: ignore[arg-type]
                                       values=list(values), user_attrs=attrs, constraints=constraints)
     study.add_trial(trial)
 
@@ -159,10 +159,11 @@ class Candidate:
     params: dict[str, float]
 
 
-def sample_candidate(trial: optuna.trial.BaseTrial, max_depth: int, selections: Sequence[str]) -> Candidate:
-    """Define-by-run: one categorical per grammar node, one float per ?param."""
+def sample_candidate(trial: optuna.trial.BaseTrial, max_depth: int, selections: Sequence[str],
+                     space: Space = DEFAULT) -> Candidate:
+    """Define-by-run: one categorical per grammar node (of ``space``), one float per ?param."""
     sampler = Sampler(lambda name, options: trial.suggest_categorical(name, list(options)), max_depth=max_depth,
-                      selections=selections)
+                      selections=selections, space=space)
     deriv = sampler.sample()
     program = deriv.program()
     params: dict[str, float] = {}
@@ -189,6 +190,7 @@ class Objective:
     #: sanity constraints of a scored candidate (check -> value, <= 0 feasible), for the sampler
     constraints: Callable[[Candidate], dict[str, float]] | None = None
     pass_trial: bool = False
+    space: Space = DEFAULT
 
     def prime(self, study: optuna.Study) -> None:
         """Remember the scores already in the study (resume without re-scoring)."""
@@ -198,7 +200,7 @@ class Objective:
                 self.memo[key] = tuple(t.values)
 
     def __call__(self, trial: optuna.trial.Trial) -> float | tuple[float, ...]:
-        cand = sample_candidate(trial, self.max_depth, self.selections)
+        cand = sample_candidate(trial, self.max_depth, self.selections, self.space)
         key = cand.canon + "|" + ",".join(f"{k}={v:.6g}" for k, v in sorted(cand.params.items()))
         trial.set_user_attr("program", cand.text)
         trial.set_user_attr("size", cand.size)

@@ -50,7 +50,7 @@ from sycam.search.loop import Journal, Racer, probe_costs, pruner
 from sycam.search.racing import Rung, RungBench, admissible, schedule
 from sycam.search.report import format_front, format_hall  # noqa: F401  (re-exported)
 from sycam.search.sanity import CHECKS, SanityBench, failures, thresholds
-from sycam.search.space import Derivation, derive
+from sycam.search.space import DEFAULT, Derivation, Space, derive
 from sycam.search.study import (Candidate, Objective, completed, enqueue, mask_password, open_storage, open_study,
                                 record)
 
@@ -93,6 +93,7 @@ class SynthConfig:
     worker: tuple[int, int] | None = None  # (I, N): this process does share I of N (enumerated programs, trials)
     report: bool = True  # False: search only (a worker); the hall of fame is chosen once, after all workers
     racing: bool = True  # candidates race on image subsets at low resolution (sycam.search.racing); off: all exact
+    space: Space = DEFAULT  # the grammar subset searched (sycam.search.presets: --space)
 
     @property
     def study_name(self) -> str:
@@ -101,6 +102,8 @@ class SynthConfig:
         raw = f"{'+'.join(self.metrics)}-{self.model}-{self.data}-s{self.seed}"
         if self.split_seed is not None:  # another partition: another train split, another search
             raw += f"-split{self.split_seed}"
+        if self.space.name != "default":  # another space: other choices for Optuna's parameters
+            raw += f"-space{self.space.name}"
         return re.sub(r"[^A-Za-z0-9_.+-]+", "_", raw)[:120]
 
     @property
@@ -117,17 +120,36 @@ def _device(name: str | None) -> torch.device:
 MAX_CONVS_FOR_ALL = 24  # above this many conv layers, `each(convs, ...)` captures cost too much memory
 
 
-def search_selections(resolver) -> tuple[str, ...]:
-    """Layer selections the search may use: every conv layer on small models, only the stage
-    ends on large ones (caching A and G of all 52 MobileNetV2 convs for a few hundred 224² images
-    would take tens of GiB)."""
-    return ("convs", "stages") if len(resolver.convs) <= MAX_CONVS_FOR_ALL else ("stages",)
+def search_selections(resolver, space: Space = DEFAULT) -> tuple[str, ...]:
+    """Layer selections of ``space`` the search may use: every conv layer (``convs``, or a slice or
+    list of more than ``MAX_CONVS_FOR_ALL``) only on small models (caching A and G of all 52
+    MobileNetV2 convs for a few hundred 224² images would take tens of GiB); a slice or list the
+    model cannot resolve (too few layers) is left out."""
+    from sycam.search.space import selection_node
+
+    out = []
+    for text in space.selections:
+        try:
+            n = len(resolver.select(selection_node(text)))
+        except SycamError:
+            continue
+        if text == "stages" or n <= MAX_CONVS_FOR_ALL:
+            out.append(text)
+    return tuple(out)
 
 
-def _search_request(bench_resolver, score: A.ScoreSpec, selections: tuple[str, ...]) -> CaptureRequest:
+def _search_request(bench_resolver, score: A.ScoreSpec, selections: tuple[str, ...],
+                    expensive: tuple[str, ...] = ()) -> CaptureRequest:
+    from sycam.search.space import selection_node
+
     convs = bench_resolver.convs if "convs" in selections else []
-    layers = list(dict.fromkeys(convs + bench_resolver.stages + [bench_resolver.default]))
-    return CaptureRequest(layers=tuple(layers), grad_layers=frozenset(layers), score=score)
+    others = [layer for text in selections if text not in ("convs", "stages")
+              for layer in bench_resolver.select(selection_node(text))]
+    layers = list(dict.fromkeys(convs + bench_resolver.stages + others + [bench_resolver.default]))
+    default = frozenset([bench_resolver.default])
+    return CaptureRequest(layers=tuple(layers), grad_layers=frozenset(layers), score=score,
+                          score_cam_layers=default if "S" in expensive else frozenset(),
+                          ablation_layers=default if "D" in expensive else frozenset())
 
 
 
@@ -201,11 +223,18 @@ class Synthesis:
 
         with clock.phase("capture"):
             resolver = Workbench(self.bundle, self.datasets["train"], CaptureRequest(layers=())).resolver
-            self.selections = search_selections(resolver)
-            self.widen = _search_request(resolver, A.ScoreSpec(), self.selections)  # a later run's hall may use any of it
+            self.selections = search_selections(resolver, cfg.space)
+            self.widen = _search_request(resolver, A.ScoreSpec(), self.selections,  # a later run's hall may use any of it
+                                         cfg.space.expensive)
             t0 = time.perf_counter()
             train = self.bench("train", self.widen).load()
             train_seconds = time.perf_counter() - t0
+            if cfg.space.expensive:  # printed: what S and D cost per image (sycam.search.expensive)
+                from sycam.search.expensive import expensive_cost
+
+                self.expensive_cost = expensive_cost(train, cfg.space.expensive)
+                # validation and test capture S and D only for the programs that use them
+                self.widen = _search_request(resolver, A.ScoreSpec(), self.selections)
             probe = train.batches[0].caps.take(slice(0, 16))
             constraints = None
             if cfg.sanity == "require":  # Optuna's sampler learns to avoid programs that fail a sanity check
@@ -265,7 +294,8 @@ class Synthesis:
         enum_stats: dict[str, float] = {}
         if cfg.enumerate:
             with clock.phase("enumerate"):
-                enumerator = Enumerator(probe, train.resolver, max_size=cfg.max_size, selections=self.selections)
+                enumerator = Enumerator(probe, train.resolver, max_size=cfg.max_size, selections=self.selections,
+                                        space=cfg.space)
                 # with a candidate count the run is reproducible: no clock decides what is enumerated
                 derivs = enumerator.run(time_limit=None if cfg.candidates else max(1.0, enum_share * window))
                 enum_stats = enumerator.stats.as_dict()
@@ -282,7 +312,7 @@ class Synthesis:
                             return len(derivs)
                         return admissible(costs, race_end - clock.now(), racer.eta, groups, entered)
                 programs = [(d.program(), pretty(d.program()), d) for d in derivs]
-                programs += _journaled_beyond(journal, {text for _, text, _ in programs}, self.selections)
+                programs += _journaled_beyond(journal, {text for _, text, _ in programs}, self.selections, cfg.space)
                 scored_enum = racer.race_list(programs, journal, stop, limit=cfg.candidates, admit=admit, on_new=entered)
                 journal.close()
                 self._record_enumerated(study, scored_enum, sign, constraints, (share, shares))
@@ -293,7 +323,7 @@ class Synthesis:
             for name in cfg.references:
                 from sycam.programs import load
 
-                deriv = derive(A.inline_lets(load(name)))
+                deriv = derive(A.inline_lets(load(name)), space=cfg.space)
                 if deriv is not None and _selections_of(deriv) <= set(self.selections):
                     enqueue(study, deriv, f"reference:{name}")
             racing_trials = cfg.racing and len(self.metrics) == 1
@@ -307,7 +337,7 @@ class Synthesis:
 
             objective = Objective(evaluate, max_depth=cfg.max_depth, selections=self.selections,
                                   on_scored=lambda trial, cand, values: entered(), constraints=constraints,
-                                  pass_trial=racing_trials)
+                                  pass_trial=racing_trials, space=cfg.space)
             objective.prime(study)
             racer.prime(study)
             if cfg.candidates:  # what the enumerator left of the count, split between the workers
@@ -342,7 +372,9 @@ class Synthesis:
                                "scoring_seconds": {"race": round(race_scoring, 2),
                                                    "optuna": round(sum(racer.stats.rung_seconds) - race_scoring, 2)},
                                "candidates_per_second": round(n_done[0] / search_seconds, 2) if search_seconds > 0 else None,
-                               "captures": STATS.since(self.captures_mark), "peak_rss_mb": peak_rss_mb()}
+                               "captures": STATS.since(self.captures_mark), "peak_rss_mb": peak_rss_mb(),
+                               "space": cfg.space.describe(), "max_size": cfg.max_size,
+                               "expensive_seconds_per_image": getattr(self, "expensive_cost", {})}
         result["stats"]["phases"] = clock.as_dict()
         if final is not None:
             result["stats"]["phases"]["final_estimate"] = {k: round(v, 4) if isinstance(v, float) else v
@@ -379,7 +411,7 @@ class Synthesis:
                                                                             attrs["canon"], {}))
             feasible += limits is None or max(limits.values()) <= 0
             if text not in in_study:
-                record(study, deriv, values, attrs, self.selections, limits)
+                record(study, deriv, values, attrs, self.selections, limits, space=cfg.space)
             if not chosen and feasible < cfg.pool and constraints is not None and rounds < 2:
                 rounds += 1  # at most two more pools: each check and each recorded trial costs time
                 chosen = [r for _, r in zip(range(cfg.pool), extra)]  # the next ones down the ranking
@@ -676,7 +708,8 @@ def peak_rss_mb() -> float | None:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
-def _journaled_beyond(journal: Journal, listed: set[str], selections) -> list[tuple[A.Program, str, Derivation]]:
+def _journaled_beyond(journal: Journal, listed: set[str], selections,
+                      space: Space = DEFAULT) -> list[tuple[A.Program, str, Derivation]]:
     """Programs a killed run journaled that this run's enumerator did not reach (a resumed run with
     a smaller budget enumerates less): they join the end of the list, smallest first, so their
     values are read back instead of lost."""
@@ -686,7 +719,7 @@ def _journaled_beyond(journal: Journal, listed: set[str], selections) -> list[tu
             program = parse(text)
         except SycamError:
             continue
-        deriv = derive(A.inline_lets(program))
+        deriv = derive(A.inline_lets(program), space=space)
         if deriv is not None and _selections_of(deriv) <= set(selections):
             out.append((deriv.program(), text, deriv))
     return sorted(out, key=lambda r: (A.size(r[0].body), r[1]))

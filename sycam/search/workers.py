@@ -165,8 +165,8 @@ def report(synth, workers: list[dict], search_seconds: float, restarts: dict[int
     study = open_study(open_storage(storage_url), cfg.study_name, directions, cfg.seed)
     synth._write_manifest(storage_url)
     resolver = Workbench(synth.bundle, synth.datasets["train"], CaptureRequest(layers=()), cache=None).resolver
-    synth.selections = search_selections(resolver)
-    synth.widen = _search_request(resolver, A.ScoreSpec(), synth.selections)
+    synth.selections = search_selections(resolver, cfg.space)
+    synth.widen = _search_request(resolver, A.ScoreSpec(), synth.selections, cfg.space.expensive)
     train = synth.bench("train", CaptureRequest(layers=()))  # only its layer resolver is used
     synth.history = _merged_history(workers, 1 if synth.metrics[0].higher_is_better else -1)
     result = synth._select_and_report(study, train)

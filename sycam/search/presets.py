@@ -1,0 +1,180 @@
+"""Named search spaces (``--space small|default|full``) and space files, and the enumerator's size
+limit under a budget.
+
+- ``default``: the space every search used before there were others (:data:`sycam.search.space.DEFAULT`).
+- ``small``: a subset of it, for quick runs: ReLU, products and sums of Maps, Grad-CAM's channel
+  weights and layer averaging over the stage ends; programs of at most 6 nodes.
+- ``full``: every production of :data:`sycam.search.space.PRODUCTIONS` — every form the operator
+  table declares (map-level ``threshold``/``percentile``/``winsorize``/``rescale``, the guarded
+  ``exp``/``log``/``sqrt``, ``sigmoid``, ``tanh``, ``pc1``, ``max``/``min``/``-``, ``norm``,
+  ``zscore`` ...) and layer slices and lists besides the named selections — except the expensive
+  terminals ``S`` (Score-CAM) and ``D`` (Ablation-CAM), which need ``--expensive`` (a forward pass
+  per channel of the target layer, per image: their capture cost is measured and printed).
+
+A space file (``--space my.toml`` or ``my.json``; TOML read with the standard library's
+``tomllib``) holds one table of these keys, every one optional::
+
+    base = "default"                 # the preset the file starts from
+    operators = ["relu", "exp", "threshold", "*", "+"]   # replaces the base's operators: every form of each
+    add = ["pc1"]                    # production names to add (see `sycam.search.space.PRODUCTIONS`)
+    remove = ["layers_max"]          # ... and to remove
+    terminals = ["A", "G"]           # of A, G, S, D (S and D: the expensive ones)
+    programs = ["single", "layers_mean", "layers_winsor"]
+    selections = ["stages", "-3:", "[-1, -2]"]
+    max_size = 8                     # the enumerator's largest Map (AST nodes) ...
+    grow = true                      # ... raised with the budget (see max_size_for)
+    max_depth = 6                    # the Optuna sampler's deepest derivation
+
+A bad file is a :class:`~sycam.errors.SycamError` naming the file and the line.
+
+The size limit (:func:`max_size_for`): ``--max-size`` when given; otherwise the space's
+``max_size``, plus one for every doubling of the budget beyond 300 s when the space grows (9 from
+600 s, 10 from 1,200 s; at most 4 more). With ``--candidates`` the budget plays no part, so such
+runs stay reproducible. The default space at the default 90 s budget (and at 300 s) keeps size 8.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+from sycam.errors import SycamError
+from sycam.lang.ops import TABLE
+from sycam.search.space import BY_NAME, DEFAULT, EXPENSIVE, PRODUCTIONS, REQUIRED, Space, selection_node
+
+GROW_FROM = 300.0  # seconds of budget from which the size limit grows: one more per doubling
+GROW_MAX = 4  # at most this many nodes more
+
+_OPERATOR_OF = {spec.production(f): name for name, spec in TABLE.items() for f in spec.search}
+_TERMINALS = ("A", "G") + EXPENSIVE
+_PROGRAMS = tuple(p.name for p in PRODUCTIONS if p.type == "P")
+
+SMALL = Space("small", frozenset(["A", "G", "relu_T", "mean_hw", "relu_C", "sum_c", "mean_c", "relu_M", "mul_MM",
+                                  "add_MM", "mean_c_S", "single", "layers_mean"]),
+              selections=("stages",), max_size=6, grow=False, max_depth=5)
+FULL = Space("full", frozenset(p.name for p in PRODUCTIONS if p.name not in EXPENSIVE),
+             selections=("convs", "stages", "-2:", "-3:", "-4:", "[-1, -3]"), max_size=8)
+PRESETS = {"small": SMALL, "default": DEFAULT, "full": FULL}
+KEYS = ("base", "operators", "add", "remove", "terminals", "programs", "selections", "max_size", "grow", "max_depth")
+
+
+def with_expensive(space: Space) -> Space:
+    """``space`` with the expensive terminals ``S`` and ``D`` (``--expensive``)."""
+    if set(EXPENSIVE) <= set(space.productions):
+        return space
+    return Space(space.name + "+expensive", space.productions + EXPENSIVE, space.selections, space.max_size,
+                 space.grow, space.max_depth)
+
+
+def load_space(spec: str, expensive: bool = False) -> Space:
+    """The space ``spec`` names: a preset (small, default, full) or a ``.toml`` / ``.json`` file."""
+    if spec in PRESETS:
+        space = PRESETS[spec]
+    elif spec.endswith((".toml", ".json")):
+        space = _from_file(Path(spec))
+    else:
+        raise SycamError(f"--space {spec!r}: expected one of the presets {', '.join(PRESETS)}, "
+                         "or a .toml or .json space file")
+    return with_expensive(space) if expensive else space
+
+
+def max_size_for(space: Space, budget: float | None, candidates: int | None, given: int | None = None) -> int:
+    """The enumerator's size limit (see the module docstring for the rule)."""
+    if given is not None:
+        return given
+    if candidates or budget is None or not space.grow or budget < 2 * GROW_FROM:
+        return space.max_size
+    return space.max_size + min(GROW_MAX, int(math.floor(math.log2(budget / GROW_FROM))))
+
+
+# ------------------------------------------------------------------ space files
+
+
+def _line_of(text: str, key: str) -> int | None:
+    for i, line in enumerate(text.splitlines(), 1):
+        if re.match(rf'\s*"?{re.escape(key)}"?\s*[=:]', line):
+            return i
+    return None
+
+
+def _from_file(path: Path) -> Space:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise SycamError(f"--space {path}: cannot read the space file ({err.strerror or err})") from None
+    if path.suffix == ".toml":
+        import tomllib
+
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise SycamError(f"{path}: not valid TOML: {err}") from None
+    else:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise SycamError(f"{path} line {err.lineno}: not valid JSON: {err.msg}") from None
+    if not isinstance(doc, dict):
+        raise SycamError(f"{path}: a space file holds one table (object) of keys: {', '.join(KEYS)}")
+
+    def bad(key: str, why: str) -> SycamError:
+        line = _line_of(text, key)
+        return SycamError(f"{path}{f' line {line}' if line else ''}: {key}: {why}")
+
+    for key in doc:
+        if key not in KEYS:
+            raise bad(key, f"unknown key; a space file has {', '.join(KEYS)}")
+
+    def names(key: str, known) -> list[str]:
+        value = doc.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad(key, "expected a list of strings")
+        unknown = [v for v in value if v not in known]
+        if unknown:
+            raise bad(key, f"unknown {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
+        return value
+
+    base_name = doc.get("base", "default")
+    if base_name not in PRESETS:
+        raise bad("base", f"{base_name!r} is not a preset; expected one of {', '.join(PRESETS)}")
+    base = PRESETS[base_name]
+    chosen = set(base.productions)
+    if "operators" in doc:
+        ops = set(names("operators", {n for n, s in TABLE.items() if s.search}))
+        chosen = {n for n in chosen if n not in _OPERATOR_OF} | {p for p, op in _OPERATOR_OF.items() if op in ops}
+    if "terminals" in doc:
+        terms = set(names("terminals", _TERMINALS))
+        chosen = {n for n in chosen if n not in _TERMINALS} | terms
+    if "programs" in doc:
+        progs = set(names("programs", _PROGRAMS))
+        chosen = {n for n in chosen if n not in _PROGRAMS} | progs
+    chosen |= set(names("add", BY_NAME))
+    chosen -= set(names("remove", BY_NAME))
+    missing = [n for n in REQUIRED if n not in chosen]
+    if missing:
+        where = "operators" if "operators" in doc else "terminals" if "terminals" in doc else "remove"
+        raise bad(where, f"every space needs {', '.join(missing)} (the sampler's smallest programs)")
+    selections = base.selections
+    if "selections" in doc:
+        selections = tuple(doc["selections"]) if isinstance(doc["selections"], list) else ()
+        if not selections or not all(isinstance(s, str) for s in selections):
+            raise bad("selections", "expected a non-empty list of layer selections, e.g. [\"stages\", \"-3:\"]")
+        for sel in selections:
+            try:
+                selection_node(sel)
+            except SycamError as err:
+                raise bad("selections", f"{sel!r} is not a layer selection ({str(err).splitlines()[0]})") from None
+    ints = {}
+    for key, lo in (("max_size", 1), ("max_depth", 1)):
+        value = doc.get(key, getattr(base, key))
+        if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+            raise bad(key, f"expected a positive integer, got {value!r}")
+        ints[key] = value
+    grow = doc.get("grow", base.grow)
+    if not isinstance(grow, bool):
+        raise bad("grow", f"expected true or false, got {grow!r}")
+    return Space(path.stem, frozenset(chosen), selections, ints["max_size"], grow, ints["max_depth"])
+
+
+__all__ = ["FULL", "PRESETS", "SMALL", "load_space", "max_size_for", "with_expensive"]

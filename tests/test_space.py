@@ -1,0 +1,193 @@
+"""Search spaces (``--space``): the full space reaches every searchable operator and terminal, the
+presets nest, the default is today's, space files are checked, and the size limit's rule."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from sycam.capture import CaptureRequest, capture
+from sycam.compile import LayerResolver
+from sycam.errors import SycamError
+from sycam.lang import ast as A
+from sycam.lang.ops import TABLE, operator_of
+from sycam.lang.pretty import pretty
+from sycam.lang.parse import parse
+from sycam.lang.types import check
+from sycam.search.enumerate import Enumerator
+from sycam.search.presets import FULL, PRESETS, SMALL, load_space, max_size_for, with_expensive
+from sycam.search.space import DEFAULT, PRODUCTIONS, REQUIRED, Sampler, Space, derive, to_params
+from tests.test_search import tiny_cnn
+
+
+def _probe(n: int = 6, expensive: bool = False):
+    model = tiny_cnn()
+    resolver = LayerResolver(model)
+    torch.manual_seed(1)
+    x = torch.rand(n, 3, 32, 32)
+    last = frozenset([resolver.default]) if expensive else frozenset()
+    request = CaptureRequest(layers=tuple(resolver.convs), grad_layers=frozenset(resolver.convs),
+                             score_cam_layers=last, ablation_layers=last)
+    return capture(model, x, torch.arange(n) % 4, request), resolver
+
+
+def _used(expr: A.Expr) -> set[str]:
+    """Operator and terminal names, and selection kinds, in an expression."""
+    out: set[str] = set()
+    for node in A.walk(expr):
+        if isinstance(node, (A.BinOp, A.Pow, A.Call)):
+            out.add(operator_of(node)[0].name)
+        elif isinstance(node, A.Terminal):
+            out.add(node.kind)
+        elif isinstance(node, A.Each):
+            out.add(type(node.selection).__name__)
+    return out
+
+
+SEARCHABLE = {name for name, spec in TABLE.items() if spec.search}
+
+
+def test_the_full_space_searches_every_operator_and_terminal() -> None:
+    """Sampled programs of ``full --expensive`` use every operator with a search form, every terminal
+    (A, G, S, D) and layer slices and lists; each type checks, prints and parses back, and derives
+    back to itself in the full space (so Optuna can replay it)."""
+    space = with_expensive(FULL)
+    rng = random.Random(0)
+    seen: set[str] = set()
+    for _ in range(3000):
+        deriv = Sampler(lambda path, options: rng.choice(list(options)), max_depth=4,
+                        selections=space.selections, space=space).sample()
+        program = deriv.program()
+        seen |= _used(program.body)
+        if _ < 300:
+            assert str(check(program).type) == "Map"
+            assert parse(pretty(program)) == program
+            assert derive(program.body, space=space) == deriv
+    wanted = SEARCHABLE | {"A", "G", "S", "D", "SelSlice", "SelList", "SelNamed"}
+    assert wanted <= seen, sorted(wanted - seen)
+    # today's space reaches none of the new operators, and no S or D
+    for _ in range(500):
+        deriv = Sampler(lambda path, options: rng.choice(list(options)), max_depth=4).sample()
+        assert not _used(deriv.program().body) & {"exp", "log", "sqrt", "sigmoid", "threshold", "pc1", "S", "D", "SelSlice"}
+
+
+def test_the_enumerator_of_the_full_space_builds_every_operator_and_terminal() -> None:
+    caps, resolver = _probe(expensive=True)
+    space = with_expensive(FULL)
+    enum = Enumerator(caps, resolver, max_size=4, bucket=100_000, lifted=0, space=space)
+    enum.run()
+    # rescale(M, 0.1, 1) has 5 nodes at least: a space of it and the required productions, to size 5
+    few = Space("few", REQUIRED + ("rescale_M_0.1_1",))
+    more = Enumerator(caps, resolver, max_size=5, bucket=100_000, lifted=0, space=few)
+    more.run()
+    built = set()
+    for bank in list(enum.banks.values()) + list(more.banks.values()):
+        for entries in bank.values():
+            for e in entries:
+                built |= _used(e.expr)
+    assert SEARCHABLE | {"A", "G", "S", "D"} <= built, sorted(SEARCHABLE | {"A", "G", "S", "D"} - built)
+    # the default space enumerates exactly today's list: its productions are a subset of the full one
+    default = Enumerator(caps, resolver, max_size=4, lifted=0).run()
+    assert all(derive(d.program().body, space=FULL) is not None for d in default)
+
+
+def test_presets_nest_and_the_default_is_todays_space() -> None:
+    assert set(SMALL.productions) < set(DEFAULT.productions) < set(FULL.productions)
+    assert set(SMALL.selections) <= set(DEFAULT.selections) <= set(FULL.selections)
+    assert {"S", "D"} & set(FULL.productions) == set()  # only behind --expensive
+    assert set(with_expensive(FULL).productions) == {p.name for p in PRODUCTIONS}
+    assert load_space("default") is DEFAULT and load_space("small") is SMALL
+    assert load_space("default", expensive=True).expensive == ("S", "D")
+    # a sampled program of the small space lies in the default space, with the same Optuna parameters
+    rng = random.Random(1)
+    for _ in range(200):
+        deriv = Sampler(lambda path, options: rng.choice(list(options)), max_depth=5, selections=SMALL.selections,
+                        space=SMALL).sample()
+        again = derive(deriv.program().body, space=DEFAULT)
+        assert again == deriv and to_params(again) == to_params(deriv)
+
+
+def test_the_size_limit_grows_with_the_budget_only() -> None:
+    assert [max_size_for(DEFAULT, b, None) for b in (15, 90, 300, 599, 600, 1199, 1200, 2400, 10**6)] == \
+        [8, 8, 8, 8, 9, 9, 10, 11, 12]
+    assert max_size_for(DEFAULT, 5000, candidates=300) == 8  # --candidates: no clock, reproducible
+    assert max_size_for(DEFAULT, 5000, None, given=5) == 5  # --max-size wins
+    assert max_size_for(SMALL, 5000, None) == 6  # small does not grow
+
+
+def test_space_files(tmp_path) -> None:
+    toml = tmp_path / "mine.toml"
+    toml.write_text('base = "small"\noperators = ["relu", "sum_c", "mean_hw", "mean_c", "threshold", "*"]\n'
+                    'selections = ["stages", "-2:"]\nmax_size = 5\n')
+    space = load_space(str(toml))
+    assert space.name == "mine" and space.max_size == 5 and space.selections == ("stages", "-2:")
+    assert {"threshold_M_50", "threshold_M_80", "mul_TT", "relu_T"} <= set(space.productions)
+    assert "add_MM" not in space.productions  # the operators replace the base's
+    js = tmp_path / "other.json"
+    js.write_text('{"base": "full", "remove": ["pc1"], "terminals": ["A", "G", "S"]}')
+    space = load_space(str(js))
+    assert "pc1" not in space.productions and "S" in space.productions and "D" not in space.productions
+
+
+@pytest.mark.parametrize("text, message", [
+    ('base = "small"\nopertors = ["relu"]\n', "line 2: opertors: unknown key"),
+    ('base = "small"\n\noperators = ["relu", "frobnicate"]\n', "line 3: operators: unknown 'frobnicate'"),
+    ('selections = ["stages", "1:2:3:4"]\n', "line 1: selections: '1:2:3:4' is not a layer selection"),
+    ('terminals = ["A"]\n', "line 1: terminals: every space needs G"),
+    ('max_size = 0\n', "line 1: max_size: expected a positive integer"),
+    ('base = "huge"\n', "line 1: base: 'huge' is not a preset"),
+    ('operators = [\n', "not valid TOML"),
+])
+def test_bad_space_files_say_where(tmp_path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(SycamError) as err:
+        load_space(str(path))
+    assert str(path) in str(err.value) and message in str(err.value), str(err.value)
+
+
+def test_bad_space_names_say_what_is_expected(tmp_path) -> None:
+    with pytest.raises(SycamError, match="small, default, full"):
+        load_space("ful")
+    with pytest.raises(SycamError, match="cannot read the space file"):
+        load_space(str(tmp_path / "missing.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"base": "small",\n "operators": [relu]}')
+    with pytest.raises(SycamError, match=r"bad.json line 2: not valid JSON"):
+        load_space(str(bad))
+
+
+def test_multi_layer_memory_rule_keeps_mobilenet_off_every_conv() -> None:
+    """A model with more than MAX_CONVS_FOR_ALL conv layers searches no selection that caches all of
+    them (the full space's slices and lists stay: they are a few layers)."""
+    from torch import nn
+
+    from sycam.search.synthesize import MAX_CONVS_FOR_ALL, _search_request, search_selections
+
+    deep = nn.Sequential(*[nn.Conv2d(3 if i == 0 else 4, 4, 3, padding=1) for i in range(MAX_CONVS_FOR_ALL + 6)])
+    resolver = LayerResolver(deep)
+    assert search_selections(resolver) == ("stages",)
+    full = search_selections(resolver, FULL)
+    assert "convs" not in full and {"-2:", "-3:", "-4:", "[-1, -3]"} <= set(full)
+    request = _search_request(resolver, A.ScoreSpec(), full)
+    assert len(request.layers) <= 4 + len(resolver.stages) + 1 < len(resolver.convs)
+    small = LayerResolver(tiny_cnn())
+    assert search_selections(small) == ("convs", "stages")
+
+
+def test_presets_are_listed() -> None:
+    assert list(PRESETS) == ["small", "default", "full"]
+
+
+def test_the_cli_refuses_a_bad_space_before_any_work(tmp_path, capsys) -> None:
+    from sycam.cli import main
+
+    out = tmp_path / "out"
+    assert main(["synthesize", "--metric", "iou", "--space", "ful", "--out", str(out)]) == 2
+    assert "--space 'ful': expected one of the presets small, default, full" in capsys.readouterr().err
+    bad = tmp_path / "s.toml"
+    bad.write_text("max_size = -1\n")
+    assert main(["synthesize", "--metric", "iou", "--space", str(bad), "--out", str(out)]) == 2
+    assert f"{bad} line 1: max_size: expected a positive integer" in capsys.readouterr().err
+    assert not out.exists()  # refused before the model, the data or the output folder
