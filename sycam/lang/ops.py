@@ -222,13 +222,13 @@ TABLE: dict[str, OpSpec] = _table(
     OpSpec("threshold", 2, AXIS, "threshold", const_args=(1,), ranges=PERCENT, search=at(("M",), 50.0, 80.0), doc="zero the entries below the p-th percentile"),
     OpSpec("rescale", 3, AXIS, "rescale", const_args=(1, 2), search=(Form(("M",), "M", consts=(0.1, 1.0)),),
            doc="positive entries linearly to [lo, hi]; zeros stay zero; all equal -> hi"),
-    OpSpec("topk_pct", 2, AXIS, "topk_pct", const_args=(1,), ranges=SHARE,
+    OpSpec("topk_pct", 2, AXIS, "topk_pct", const_args=(1,), ranges=SHARE, search=at(("M",), 20.0),
            doc="MetaCAM's vote: 1 on the k% highest entries (the ceil(k N / 100) largest, ties at the cut kept), 0 elsewhere"),
     # information
     OpSpec("mi", 2, MI, "mutual_info",
            doc="MI-CAM: mutual information (nats, 16x16-bin joint histogram over each variable's min..max per image, "
                "on a grid of at most 56x56) of each channel of x, or of a Map x, with the Map m"),
-    OpSpec("threshold_hw", 2, AXIS_HW, "threshold_hw", const_args=(1,), ranges=PERCENT,
+    OpSpec("threshold_hw", 2, AXIS_HW, "threshold_hw", const_args=(1,), ranges=PERCENT, search=at(("T",), 10.0),
            doc="per channel: zero the entries below the channel's p-th percentile over H,W (UnionCAM's denoising)"),
     # re-scoring the input masked by a map (one extra forward per image and call: never searched)
     OpSpec("confidence", 1, RESCORE, "confidence", needs_model=True,

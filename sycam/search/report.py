@@ -45,7 +45,7 @@ def _sanity_notes(result: dict) -> list[str]:
                      + (" and were left out" if result["sanity"] == "require" else " (marked FAILS)"))
         for r in rejected[:3]:
             lines.append(f"  fails: {r['program'].replace(chr(10), ' ')}   " + ", ".join(
-                f"{c}={fmt(r['sanity'].get(c), 2)}" for c in CHECKS))
+                f"{c}={fmt(r['sanity'].get(c), 2) or 'undefined (a constant map)'}" for c in CHECKS))
     if result.get("no_worse_than"):
         worse = [r for r in result.get("rejected", []) if r.get("worse")]
         lines.append(f"no worse than {result['no_worse_than']} on validation: {len(worse)} programs left out; "
