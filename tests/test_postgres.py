@@ -55,7 +55,7 @@ def test_three_workers_on_postgresql_one_killed_and_restarted(tmp_path, pg_url, 
     multi = tmp_path / "multi"
     proc = cli([*SMALL, "--candidates", "45", "--out", str(multi), "--workers", "3", "--storage", pg_url, "--study", study],
                cache=tmp_path / "cache")
-    kill_a_worker(proc, multi, index=2, after_lines=3)
+    kill_a_worker(proc, multi, after_lines=3)
     out = finish(proc)
     assert out.count("Hall of fame") == 1, out
     assert pg_url.split("@")[0].split(":")[-1] not in out  # the password is never printed

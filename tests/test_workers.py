@@ -18,7 +18,7 @@ def test_workers_share_a_study_and_a_killed_one_resumes(tmp_path):
     multi = tmp_path / "multi"
     proc = cli([*SMALL, "--candidates", "45", "--out", str(multi), "--workers", "3", "--study", "shared"],
                cache=tmp_path / "cache")
-    kill_a_worker(proc, multi, index=1, after_lines=3)
+    kill_a_worker(proc, multi, after_lines=3)
     out = finish(proc)
     assert out.count("Hall of fame") == 1, out  # printed once, by the parent
     check_shared_run(tmp_path / "single", multi, n_workers=3, restarts=1)

@@ -52,19 +52,21 @@ def hall(out: Path) -> list[tuple]:
              json.dumps(r["test"], sort_keys=True), json.dumps(r["test_ci"], sort_keys=True)) for r in doc["rows"]]
 
 
-def kill_a_worker(proc: subprocess.Popen, out: Path, index: int, after_lines: int, timeout: float = 300) -> int:
-    """SIGKILL worker ``index`` once its journal holds ``after_lines`` programs; its pid."""
+def kill_a_worker(proc: subprocess.Popen, out: Path, after_lines: int, timeout: float = 300) -> int:
+    """SIGKILL the first worker whose journal holds ``after_lines`` values; its pid. (Not a fixed
+    worker: the workers race one list, and one that starts late may find everything done.)"""
     deadline = time.time() + timeout
     pids = out / "workers.json"
     while time.time() < deadline:
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        journals = list(out.glob(f"enumerated.{index}of*.jsonl"))
-        if pids.exists() and journals and len(journals[0].read_text().splitlines()) >= after_lines:
-            pid = json.loads(pids.read_text())["workers"][str(index)]["pid"]
-            os.kill(pid, signal.SIGKILL)
-            return pid
-        time.sleep(0.2)
-    raise AssertionError(f"worker {index} never journaled {after_lines} programs")
+        for journal in sorted(out.glob("enumerated.*of*.jsonl")):
+            if pids.exists() and len(journal.read_text().splitlines()) >= after_lines:
+                index = journal.name.split(".")[1].split("of")[0]
+                pid = json.loads(pids.read_text())["workers"][index]["pid"]
+                os.kill(pid, signal.SIGKILL)
+                return pid
+        time.sleep(0.05)
+    raise AssertionError(f"no worker journaled {after_lines} values")
 
 
 def check_shared_run(single: Path, multi: Path, n_workers: int, restarts: int) -> None:
