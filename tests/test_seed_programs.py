@@ -8,11 +8,9 @@ MobileNetV2 (the real ImageNet weights in ../shared, skipped with the path when 
 """
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -303,22 +301,10 @@ def test_integrative_cam_on_resnet50_matches_plain_torch(resnet50_double: nn.Mod
 
 # ----------------------------------------------------------------------------- MobileNetV2, real weights
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-
-
 def _imagenet(n: int, size: int) -> tuple[torch.Tensor, list[int]]:
-    from PIL import Image
+    from tests.test_reference_agreement import imagenet_images  # one loader of the dev images for the tests
 
-    root = need(IMAGENET_DEV)
-    with open(root / "manifest.csv", newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))[:n]
-    images = []
-    for row in rows:
-        with Image.open(root / row["image"]) as im:
-            rgb = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
-        images.append((torch.from_numpy(rgb.copy()).permute(2, 0, 1) - MEAN) / STD)
-    return torch.stack(images), [int(r["label"]) for r in rows]
+    return imagenet_images(need(IMAGENET_DEV), n, size)
 
 
 @pytest.fixture(scope="module")
