@@ -50,7 +50,7 @@ from sycam.search.loop import Journal, Racer, probe_costs, pruner
 from sycam.search.racing import Rung, RungBench, admissible, schedule
 from sycam.search.report import format_front, format_hall  # noqa: F401  (re-exported)
 from sycam.search.sanity import CHECKS, SanityBench, failures, thresholds
-from sycam.search.space import DEFAULT, Derivation, Space, derive
+from sycam.search.space import DEFAULT, Derivation, Space, derive, selection_node
 from sycam.search.study import (Candidate, Objective, completed, enqueue, mask_password, open_storage, open_study,
                                 record)
 
@@ -125,8 +125,6 @@ def search_selections(resolver, space: Space = DEFAULT) -> tuple[str, ...]:
     list of more than ``MAX_CONVS_FOR_ALL``) only on small models (caching A and G of all 52
     MobileNetV2 convs for a few hundred 224² images would take tens of GiB); a slice or list the
     model cannot resolve (too few layers) is left out."""
-    from sycam.search.space import selection_node
-
     out = []
     for text in space.selections:
         try:
@@ -140,7 +138,6 @@ def search_selections(resolver, space: Space = DEFAULT) -> tuple[str, ...]:
 
 def _search_request(bench_resolver, score: A.ScoreSpec, selections: tuple[str, ...],
                     expensive: tuple[str, ...] = ()) -> CaptureRequest:
-    from sycam.search.space import selection_node
 
     convs = bench_resolver.convs if "convs" in selections else []
     others = [layer for text in selections if text not in ("convs", "stages")
@@ -192,7 +189,6 @@ class Synthesis:
             raise SycamError("--folds cross-validates the choice of one best program: give it with one --metric")
         check_folds(cfg.folds, len(self.datasets["val"]))  # before any work
         self.history: list[dict[str, float]] = []
-        self.t0 = self.clock.t0
         self.clock.seconds["load"] = self.clock.now()
         self.notes: list[str] = []  # warnings found during the search, shown under the hall of fame
         self.captures_mark = STATS.copy()  # captures of this run: computed or from the cache (sycam.cache)
