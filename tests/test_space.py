@@ -64,12 +64,13 @@ def test_the_full_space_searches_every_operator_and_terminal() -> None:
             assert str(check(program).type) == "Map"
             assert parse(pretty(program)) == program
             assert derive(program.body, space=space) == deriv
-    wanted = SEARCHABLE | {"A", "G", "S", "D", "SelSlice", "SelList", "SelNamed"}
+    wanted = SEARCHABLE | {"A", "G", "S", "D", "X", "SelSlice", "SelList", "SelNamed"}
     assert wanted <= seen, sorted(wanted - seen)
     # today's space reaches none of the new operators, and no S or D
     for _ in range(500):
         deriv = Sampler(lambda path, options: rng.choice(list(options)), max_depth=4).sample()
-        assert not _used(deriv.program().body) & {"exp", "log", "sqrt", "sigmoid", "threshold", "pc1", "S", "D", "SelSlice"}
+        assert not _used(deriv.program().body) & {"exp", "log", "sqrt", "sigmoid", "threshold", "pc1", "mi", "S", "D", "X",
+                                                  "SelSlice"}
 
 
 def test_the_enumerator_of_the_full_space_builds_every_operator_and_terminal() -> None:
@@ -86,16 +87,44 @@ def test_the_enumerator_of_the_full_space_builds_every_operator_and_terminal() -
         for entries in bank.values():
             for e in entries:
                 built |= _used(e.expr)
-    assert SEARCHABLE | {"A", "G", "S", "D"} <= built, sorted(SEARCHABLE | {"A", "G", "S", "D"} - built)
+    assert SEARCHABLE | {"A", "G", "S", "D", "X"} <= built, sorted(SEARCHABLE | {"A", "G", "S", "D", "X"} - built)
     # the default space enumerates exactly today's list: its productions are a subset of the full one
     default = Enumerator(caps, resolver, max_size=4, lifted=0).run()
     assert all(derive(d.program().body, space=FULL) is not None for d in default)
+
+
+def test_the_full_space_produces_mi_cam() -> None:
+    """MI-CAM (micam.cam: ``sum_c(mi(A, X) * A)``) lies in the full space, not in the default one: the
+    sampler replays it from its Optuna parameters, and the enumerator builds it (the full space
+    takes a type's productions in turns, so ``mi(A, X) * A`` gets into the full bucket of products
+    of size 5), with the values of the compiled reference program."""
+    from sycam.compile import CompiledProgram
+    from sycam.programs import load
+
+    micam = load("micam")
+    deriv = derive(micam.body, space=FULL)
+    assert deriv is not None and derive(micam.body, space=DEFAULT) is None
+    params = to_params(deriv)
+    replay = Sampler(lambda path, options: params[path] if params[path] in options else pytest.fail(path),
+                     space=FULL, selections=FULL.selections).sample()
+    assert replay == deriv and replay.program() == micam
+    caps, resolver = _probe()
+    enum = Enumerator(caps, resolver, max_size=6, lifted=0, space=FULL)
+    found = [d for d in enum.run() if d == deriv]
+    assert found, "the full space's enumerator did not build sum_c(mi(A, X) * A)"
+    entry = next(e for e in enum.banks["M"][6] if e.expr == micam.body)
+    compiled = CompiledProgram(micam, resolver).raw(caps)  # sum_c(w * A) as a matrix product: float rounding apart
+    assert torch.allclose(entry.value, compiled, rtol=1e-5, atol=1e-6 * float(compiled.abs().max()))
+    # in production order (interleave off) the products' bucket fills before mi(A, X) * A
+    plain = Space("plain", FULL.productions, FULL.selections)
+    assert deriv not in Enumerator(caps, resolver, max_size=6, lifted=0, space=plain).run()
 
 
 def test_presets_nest_and_the_default_is_todays_space() -> None:
     assert set(SMALL.productions) < set(DEFAULT.productions) < set(FULL.productions)
     assert set(SMALL.selections) <= set(DEFAULT.selections) <= set(FULL.selections)
     assert {"S", "D"} & set(FULL.productions) == set()  # only behind --expensive
+    assert FULL.interleave and not DEFAULT.interleave and not SMALL.interleave
     assert set(with_expensive(FULL).productions) == {p.name for p in PRODUCTIONS}
     assert load_space("default") is DEFAULT and load_space("small") is SMALL
     assert load_space("default", expensive=True).expensive == ("S", "D")

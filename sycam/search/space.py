@@ -112,11 +112,14 @@ def operator_productions() -> list[Production]:
     out: list[Production] = []
     for spec in TABLE.values():
         for form in spec.search:
-            if len(form.consts) != len(spec.const_args) or len(form.args) + len(form.consts) != spec.arity:
+            terms = dict(form.terms)
+            if (len(form.consts) != len(spec.const_args) or len(form.args) + len(form.consts) + len(terms) != spec.arity
+                    or set(terms) & set(spec.const_args) or not all(0 < i < spec.arity for i in terms)):
                 raise ValueError(f"operator {spec.name}: a search form needs {spec.arity - len(spec.const_args)} argument "
-                                 f"kinds and {len(spec.const_args)} constants, got {form}")
+                                 f"kinds or terminals (the first a kind) and {len(spec.const_args)} constants, got {form}")
             kids, consts = iter(range(len(form.args))), iter(form.consts)
-            template = apply_node(spec, tuple(A.Num(float(next(consts))) if i in spec.const_args else _v(next(kids))
+            template = apply_node(spec, tuple(A.Num(float(next(consts))) if i in spec.const_args
+                                              else A.Terminal(terms[i]) if i in terms else _v(next(kids))
                                               for i in range(spec.arity)))
             out.append(Production(spec.production(form), form.result, form.args, template))
     return sorted(out, key=_rank)
@@ -157,7 +160,10 @@ class Space:
     multi-layer programs, as program text (``convs``, ``stages``, ``-3:``, ``[-1, -2]``);
     ``max_size``: the enumerator's largest Map expression (AST nodes) when the budget does not raise
     it, and ``grow``: whether it does (:func:`sycam.search.presets.max_size_for`); ``max_depth``:
-    the sampler's.
+    the sampler's; ``interleave``: the enumerator fills each (type, size) bucket taking the type's
+    productions in turns rather than one after another (the full space: with some 25 productions
+    per type the first ones fill a bucket, and the last, e.g. the weighted ``w * A`` of Grad-CAM and
+    MI-CAM, would never get in above the smallest sizes).
     """
 
     name: str
@@ -166,6 +172,7 @@ class Space:
     max_size: int = 8
     grow: bool = True
     max_depth: int = 6
+    interleave: bool = False
 
     def __post_init__(self) -> None:
         names = set(self.productions)
@@ -197,7 +204,8 @@ class Space:
     def describe(self) -> str:
         counts = ", ".join(f"{t} {len(self.by_type(t))}" for t in (T, C, M, S, P))
         return (f"space {self.name}: {len(self.productions)} productions ({counts}), selections "
-                f"{', '.join(self.selections) or 'none'}, max size {self.max_size}{' (grows with the budget)' if self.grow else ''}")
+                f"{', '.join(self.selections) or 'none'}, max size {self.max_size}{' (grows with the budget)' if self.grow else ''}"
+                f"{', productions interleaved' if self.interleave else ''}")
 
 
 # today's space, production for production (tests/test_ops_table.py pins it)
