@@ -264,7 +264,8 @@ TABLE: dict[str, OpSpec] = _table(
 OPS: dict[str, OpSpec] = {name: spec for name, spec in TABLE.items() if not spec.infix}  # called by name
 INFIX: dict[str, OpSpec] = {name: spec for name, spec in TABLE.items() if spec.infix}
 
-TERMINALS = ("A", "G", "S", "D", "R", "Y", "X")  # X: the input image's grey level (a Map on the input grid)
+# R1: Recipro-CAM with the one-hot kernel (R: the Gaussian); X: the input image's grey level (a Map on the input grid)
+TERMINALS = ("A", "G", "S", "D", "R", "R1", "Y", "X")
 SELECTORS = ("convs", "last", "stages")
 FUSE_MODES = ("sum", "mean", "max", "prod")
 FUSE_GRIDS = ("finest", "input")
