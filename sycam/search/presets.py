@@ -8,8 +8,9 @@ limit under a budget.
   table declares (map-level ``threshold``/``percentile``/``winsorize``/``rescale``, the guarded
   ``exp``/``log``/``sqrt``, ``sigmoid``, ``tanh``, ``pc1``, ``max``/``min``/``-``, ``norm``,
   ``zscore`` ...) and layer slices and lists besides the named selections — except the expensive
-  terminals ``S`` (Score-CAM) and ``D`` (Ablation-CAM), which need ``--expensive`` (a forward pass
-  per channel of the target layer, per image: their capture cost is measured and printed).
+  terminals ``S`` (Score-CAM), ``D`` (Ablation-CAM), ``R`` and ``R1`` (Recipro-CAM, Gaussian and
+  one-hot kernel), which need ``--expensive`` (a forward pass per channel of the target layer, or
+  per position of its grid, per image: their capture cost is measured and printed).
 
 A space file (``--space my.toml`` or ``my.json``; TOML read with the standard library's
 ``tomllib``) holds one table of these keys, every one optional::
@@ -18,7 +19,7 @@ A space file (``--space my.toml`` or ``my.json``; TOML read with the standard li
     operators = ["relu", "exp", "threshold", "*", "+"]   # replaces the base's operators: every form of each
     add = ["pc1"]                    # production names to add (see `sycam.search.space.PRODUCTIONS`)
     remove = ["layers_max"]          # ... and to remove
-    terminals = ["A", "G"]           # of A, G, S, D (S and D: the expensive ones)
+    terminals = ["A", "G"]           # of A, G, S, D, R, R1 (S, D, R, R1: the expensive ones)
     programs = ["single", "layers_mean", "layers_winsor"]
     selections = ["stages", "-3:", "[-1, -2]"]
     max_size = 8                     # the enumerator's largest Map (AST nodes) ...
@@ -62,7 +63,7 @@ KEYS = ("base", "operators", "add", "remove", "terminals", "programs", "selectio
 
 
 def with_expensive(space: Space) -> Space:
-    """``space`` with the expensive terminals ``S`` and ``D`` (``--expensive``)."""
+    """``space`` with the expensive terminals ``S``, ``D``, ``R`` and ``R1`` (``--expensive``)."""
     if set(EXPENSIVE) <= set(space.productions):
         return space
     return Space(space.name + "+expensive", space.productions + EXPENSIVE, space.selections, space.max_size,

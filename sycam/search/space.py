@@ -127,8 +127,10 @@ def operator_productions() -> list[Production]:
 
 _TERMINALS = [Production("A", T, (), A.Terminal("A")), Production("G", T, (), A.Terminal("G")),
               # the expensive ones (a forward pass per channel): Score-CAM's channel scores, Ablation-CAM's drops
-              Production("S", C, (), A.Terminal("S")), Production("D", C, (), A.Terminal("D"))]
-EXPENSIVE = ("S", "D")
+              Production("S", C, (), A.Terminal("S")), Production("D", C, (), A.Terminal("D")),
+              # ... and per position of the layer's grid: Recipro-CAM's maps, Gaussian and one-hot kernel
+              Production("R", M, (), A.Terminal("R")), Production("R1", M, (), A.Terminal("R1"))]
+EXPENSIVE = ("S", "D", "R", "R1")
 _PROGRAMS = [
     Production("single", P, (M,), _v(0)),
     Production("layers_mean", P, (M,), A.Fuse(_each(_call("norm", _v(0))), None, "mean"), True),
@@ -198,7 +200,7 @@ class Space:
 
     @property
     def expensive(self) -> tuple[str, ...]:
-        """The expensive terminals (``S``, ``D``) the space uses."""
+        """The expensive terminals (``S``, ``D``, ``R``, ``R1``) the space uses."""
         return tuple(t for t in EXPENSIVE if t in self.productions)
 
     def describe(self) -> str:
