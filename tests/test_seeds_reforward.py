@@ -293,7 +293,7 @@ def _check_maps(maps: torch.Tensor, n: int, size: int) -> None:
 
 
 @pytest.mark.slow
-def test_both_programs_run_on_resnet50() -> None:
+def test_the_recipro_and_union_programs_run_on_resnet50() -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet50().eval()
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -307,7 +307,7 @@ def test_both_programs_run_on_resnet50() -> None:
 
 @pytest.mark.slow
 @pytest.mark.shared
-def test_both_programs_run_on_mobilenet_v2_with_imagenet_weights() -> None:
+def test_the_recipro_and_union_programs_run_on_mobilenet_v2_with_imagenet_weights() -> None:
     from tests.test_reference_agreement import imagenet_images, mobilenet
 
     model = mobilenet(need(MOBILENET_WEIGHTS))
