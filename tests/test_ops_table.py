@@ -513,10 +513,15 @@ def test_the_enumerator_evaluates_through_the_tables_kernels(monkeypatch) -> Non
     space = FULL
     enum = Enumerator(caps, resolver, max_size=5, bucket=100_000, lifted=0, space=space)  # no bucket fills up
     enum.run()
+    # select_max(S, M, S, M) has 11 nodes at least: a space of it and the required productions
+    from sycam.search.space import REQUIRED, Space
+
+    select = Enumerator(caps, resolver, max_size=11, bucket=100_000, lifted=0, space=Space("select", REQUIRED + ("select_max_SMSM",)))
+    select.run()
     searchable = {s.name for s in TABLE.values() if s.search}
     assert searchable <= set(calls), searchable - set(calls)
     # bit for bit where the compiler takes no shortcut (it computes sum_c(w * T) as one matrix product)
-    exact = [e for entries in enum.banks["M"].values() for e in entries if "*" not in pretty_expr(e.expr)]
+    exact = [e for en in (enum, select) for entries in en.banks["M"].values() for e in entries if "*" not in pretty_expr(e.expr)]
     assert len(exact) > 10
     for e in exact:
         assert torch.equal(compiler.CompiledProgram(A.Program(e.expr), resolver).raw(caps), e.value), pretty_expr(e.expr)

@@ -79,12 +79,18 @@ def test_the_enumerator_of_the_full_space_builds_every_operator_and_terminal() -
     space = with_expensive(FULL)
     enum = Enumerator(caps, resolver, max_size=4, bucket=100_000, lifted=0, space=space)
     enum.run()
-    # rescale(M, 0.1, 1) has 5 nodes at least: a space of it and the required productions, to size 5
+    # rescale(M, 0.1, 1) has 5 nodes at least, select_max(S, M, S, M) 11: spaces of each and the
+    # required productions, to those sizes (keys mean_c(mean_hw(G)) and sum_hw(sum_c(G)) cross where
+    # the gradient's mean changes sign, so some selections are new values)
     few = Space("few", REQUIRED + ("rescale_M_0.1_1",))
     more = Enumerator(caps, resolver, max_size=5, bucket=100_000, lifted=0, space=few)
     more.run()
+    select = Enumerator(caps, resolver, max_size=11, bucket=100_000, lifted=0,
+                        space=Space("select", REQUIRED + ("sum_hw_M", "select_max_SMSM")))
+    select.run()
+    assert select.banks["M"][11]
     built = set()
-    for bank in list(enum.banks.values()) + list(more.banks.values()):
+    for bank in list(enum.banks.values()) + list(more.banks.values()) + list(select.banks.values()):
         for entries in bank.values():
             for e in entries:
                 built |= _used(e.expr)

@@ -243,7 +243,9 @@ TABLE: dict[str, OpSpec] = _table(
     OpSpec("gain", 1, RESCORE, "gain", needs_model=True,
            doc="confidence(map) minus the target's probability on the blank (all-zero) input, Map->Scalar"),
     # per-image selection
-    OpSpec("select_max", 4, SELECT, "select_max",
+    # searched on Maps with Scalar keys (e.g. percentiles of the two maps); at least 11 nodes, so the
+    # enumerator reaches it only with a long budget (size 11 from 2,400 s), the sampler at any
+    OpSpec("select_max", 4, SELECT, "select_max", search=(Form(("S", "M", "S", "M"), "M"),),
            doc="select_max(k1, x1, k2, x2): per image x1 where the Scalar k1 > k2, else x2"),
     # projections
     OpSpec("pc1", 1, PC1, "pc1", H, (Form(("T",), "M", "pc1"),), doc="Eigen-CAM: projection on the first principal component, Tensor->Map"),
