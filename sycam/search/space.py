@@ -3,7 +3,8 @@
 Each production builds a piece of AST from typed children. Types are those of the language at
 the current layer: ``T`` Tensor, ``C`` Channels, ``M`` Map, ``S`` Scalar; ``P`` is a whole
 program body. The operators' productions come from the table of operators
-(:data:`sycam.lang.ops.TABLE`, each row's ``search`` forms); the terminals ``A``, ``G`` and the
+(:data:`sycam.lang.ops.TABLE`, each row's ``search`` forms, where ``X`` enters as ``mi``'s fixed
+second argument); the terminals ``A``, ``G`` (and the expensive ``S``, ``D``, ``R``, ``R1``) and the
 whole-program templates are this module's. Multi-layer productions lift a Map (and a Scalar layer importance) over a layer
 selection, as Winsor-CAM and layer averaging do. A program built from productions carries its
 derivation, so it can be replayed as Optuna parameters (for seeding a study).
