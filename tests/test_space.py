@@ -165,6 +165,10 @@ def test_space_files(tmp_path) -> None:
     js.write_text('{"base": "full", "remove": ["pc1"], "terminals": ["A", "G", "S"]}')
     space = load_space(str(js))
     assert "pc1" not in space.productions and "S" in space.productions and "D" not in space.productions
+    assert space.interleave  # full's, inherited
+    toml.write_text('base = "full"\nterminals = ["A", "G", "R1"]\ninterleave = false\n')
+    space = load_space(str(toml))
+    assert space.expensive == ("R1",) and not space.interleave and "mi_TX" in space.productions
 
 
 @pytest.mark.parametrize("text, message", [
@@ -173,6 +177,7 @@ def test_space_files(tmp_path) -> None:
     ('selections = ["stages", "1:2:3:4"]\n', "line 1: selections: '1:2:3:4' is not a layer selection"),
     ('terminals = ["A"]\n', "line 1: terminals: every space needs G"),
     ('max_size = 0\n', "line 1: max_size: expected a positive integer"),
+    ('base = "full"\ninterleave = 1\n', "line 2: interleave: expected true or false"),
     ('base = "huge"\n', "line 1: base: 'huge' is not a preset"),
     ('operators = [\n', "not valid TOML"),
 ])
