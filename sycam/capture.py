@@ -26,9 +26,13 @@ from sycam._inference import fast_forward
 from sycam._state import eval_mode, frozen_parameters
 from sycam.errors import BOUNDARY, CaptureError, SycamError, as_sycam
 from sycam.lang.ast import ScoreSpec
-from sycam.reforward import RECIPRO_KERNELS, Rescorer, reciprocal
+from sycam.reforward import Rescorer, reciprocal
 
-__all__ = ["CaptureRequest", "Captures", "capture", "target_scores", "finer_comparisons"]
+__all__ = ["CaptureRequest", "Captures", "capture", "target_scores", "finer_comparisons", "with_rescorer"]
+
+
+#: CaptureRequest's sets of layers (each a subset of what is hooked)
+_LAYER_SETS = ("grad_layers", "score_cam_layers", "ablation_layers", "reciprocal_layers", "reciprocal_onehot_layers")
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,8 @@ class CaptureRequest:
 
     Every layer named in any field is hooked and returned in ``Captures.A``; ``grad_layers``
     additionally get ``G``, ``score_cam_layers`` get ``S``, ``ablation_layers`` get ``D`` and
-    ``reciprocal_layers`` get ``R`` (with ``reciprocal_kernel``, ``"gaussian"`` or ``"onehot"``).
+    ``reciprocal_layers`` get ``R`` (Recipro-CAM with the 3×3 Gaussian kernel) and
+    ``reciprocal_onehot_layers`` get ``R1`` (with the one-hot kernel, the authors' code default).
     ``rescore``: the captures carry a :class:`~sycam.reforward.Rescorer` (for ``confidence`` and
     ``gain``; it keeps a copy of the batch's inputs). Lists and sets are accepted and normalised
     (tuple / frozenset).
@@ -48,33 +53,30 @@ class CaptureRequest:
     score_cam_layers: frozenset[str] = frozenset()  # need S: Score-CAM channel scores (B, C)
     ablation_layers: frozenset[str] = frozenset()  # need D: Ablation-CAM score drops (B, C)
     score: ScoreSpec = field(default_factory=ScoreSpec)
-    reciprocal_layers: frozenset[str] = frozenset()  # need R: Recipro-CAM maps (B, h, w)
-    reciprocal_kernel: str = "gaussian"
+    reciprocal_layers: frozenset[str] = frozenset()  # need R: Recipro-CAM maps (B, h, w), Gaussian kernel
+    reciprocal_onehot_layers: frozenset[str] = frozenset()  # need R1: the same with the one-hot kernel
     rescore: bool = False  # a re-scorer of masked inputs (confidence, gain)
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, str):
             raise TypeError(f"CaptureRequest.layers: expected a sequence of module names, got the string {self.layers!r}")
         object.__setattr__(self, "layers", tuple(dict.fromkeys(self.layers)))
-        for fname in ("grad_layers", "score_cam_layers", "ablation_layers", "reciprocal_layers"):
+        for fname in _LAYER_SETS:
             value = getattr(self, fname)
             if isinstance(value, str):
                 raise TypeError(f"CaptureRequest.{fname}: expected a set of module names, got the string {value!r}")
             object.__setattr__(self, fname, frozenset(value))
-        for fname in ("layers", "grad_layers", "score_cam_layers", "ablation_layers", "reciprocal_layers"):
+        for fname in ("layers",) + _LAYER_SETS:
             for name in getattr(self, fname):
                 if not isinstance(name, str) or not name:
                     raise ValueError(f"CaptureRequest.{fname}: module names must be non-empty strings, got {name!r}")
-        if self.reciprocal_kernel not in RECIPRO_KERNELS:
-            raise ValueError(f"CaptureRequest.reciprocal_kernel: expected one of {', '.join(RECIPRO_KERNELS)}, "
-                             f"got {self.reciprocal_kernel!r}")
         if not isinstance(self.score, ScoreSpec):
             raise TypeError(f"CaptureRequest.score: expected a ScoreSpec, got {type(self.score).__name__}")
 
     @property
     def all_layers(self) -> tuple[str, ...]:
         """Every layer to hook: ``layers`` in order, then the other fields' extra names, sorted."""
-        extra = (self.grad_layers | self.score_cam_layers | self.ablation_layers | self.reciprocal_layers) - set(self.layers)
+        extra = frozenset().union(*(getattr(self, f) for f in _LAYER_SETS)) - set(self.layers)
         return self.layers + tuple(sorted(extra))
 
     def validate(self, model: nn.Module) -> dict[str, nn.Module]:
@@ -111,7 +113,8 @@ class Captures:
     #: the image terminal ``X`` (B, H, W): the mean over colour channels of the input as the model
     #: receives it (None where captures were built by hand without it)
     X: Tensor | None = None
-    R: dict[str, Tensor] = field(default_factory=dict)  # (B, h, w) Recipro-CAM maps
+    R: dict[str, Tensor] = field(default_factory=dict)  # (B, h, w) Recipro-CAM maps (Gaussian kernel)
+    R1: dict[str, Tensor] = field(default_factory=dict)  # (B, h, w) Recipro-CAM maps (one-hot kernel)
     rescore: Rescorer | None = None  # re-scores the inputs masked by maps (confidence, gain)
 
     def take(self, images: slice | Tensor) -> Captures:
@@ -127,7 +130,7 @@ class Captures:
             return {k: v[images] for k, v in d.items()}
 
         return Captures(A=cut(self.A), G=cut(self.G), S=cut(self.S), D=cut(self.D), Y=self.Y[images],
-                        logits=self.logits[images], input_size=self.input_size, R=cut(self.R),
+                        logits=self.logits[images], input_size=self.input_size, R=cut(self.R), R1=cut(self.R1),
                         rescore=None if self.rescore is None else self.rescore.take(images),
                         X=None if self.X is None else self.X[images])
 
@@ -380,6 +383,18 @@ def _reciprocal(model: nn.Module, module: nn.Module, name: str, x: Tensor, A: Te
                       lambda out, n: _check_logits(out, n, where), kernel)
 
 
+def with_rescorer(model: nn.Module, inputs: Tensor, targets: Tensor, caps: Captures, *,
+                  chunk_size: int | None = None) -> Captures:
+    """``caps`` with the re-scorer of masked inputs (``confidence``, ``gain``) that :func:`capture`
+    attaches for ``request.rescore``: for captures read from the capture cache (a re-scorer runs
+    the model, so it cannot be stored). ``caps.logits`` must be the model's logits on ``inputs``."""
+    chunk = chunk_size or (8 if inputs.device.type == "cpu" else 64)
+    with eval_mode(model), torch.inference_mode(False), torch.no_grad():
+        x = inputs.clone() if inputs.is_inference() else inputs.detach().clone()
+        caps.rescore = Rescorer(model, fast_forward(model, x, caps.logits), x, targets, chunk)
+    return caps
+
+
 def capture(
     model: nn.Module,
     inputs: Tensor,
@@ -506,8 +521,10 @@ def _capture(
             S: dict[str, Tensor] = {}
             D: dict[str, Tensor] = {}
             R: dict[str, Tensor] = {}
+            R1: dict[str, Tensor] = {}
             rescorer: Rescorer | None = None
-            if request.score_cam_layers or request.ablation_layers or request.reciprocal_layers or request.rescore:
+            if (request.score_cam_layers or request.ablation_layers or request.reciprocal_layers
+                    or request.reciprocal_onehot_layers or request.rescore):
                 with torch.no_grad():
                     for n in sorted(request.score_cam_layers):
                         S[n] = _score_cam(model, x, A[n], targets, comps, spec, chunk_size, n, logits).to(Y.dtype)
@@ -516,9 +533,11 @@ def _capture(
                             model, modules[n], x, A[n].shape[1], Y, targets, comps, spec, chunk_size, n
                         ).to(Y.dtype)
                     for n in sorted(request.reciprocal_layers):
-                        R[n] = _reciprocal(model, modules[n], n, x, A[n], targets, comps, spec, request.reciprocal_kernel).to(Y.dtype)
+                        R[n] = _reciprocal(model, modules[n], n, x, A[n], targets, comps, spec, "gaussian").to(Y.dtype)
+                    for n in sorted(request.reciprocal_onehot_layers):
+                        R1[n] = _reciprocal(model, modules[n], n, x, A[n], targets, comps, spec, "onehot").to(Y.dtype)
                     if request.rescore:
                         rescorer = Rescorer(model, fast_forward(model, x, logits), x.clone(), targets, chunk_size)
     X = x.detach().mean(1).to(Y.dtype)  # the image terminal: the grey level of the model's input
     return Captures(A=A, G=G, S=S, D=D, Y=Y, logits=logits, input_size=(int(inputs.shape[2]), int(inputs.shape[3])),
-                    R=R, rescore=rescorer, X=X)
+                    R=R, R1=R1, rescore=rescorer, X=X)

@@ -152,7 +152,7 @@ class CompiledProgram:
         # equal sub-expressions share one value (e.g. the mean_hw(G) of both lets of Winsor-CAM)
         first: dict[A.Expr, int] = {}
         self._canon: dict[int, int] = {id(n): first.setdefault(n, id(n)) for n in A.walk(self.expr)}
-        needs: dict[str, set[str]] = {k: set() for k in "AGSDR"}
+        needs: dict[str, set[str]] = {k: set() for k in ("A", "G", "S", "D", "R", "R1")}
         self._collect(self.expr, None, needs)
         layers = sorted(set().union(*needs.values()), key=self._order)
         self.request = CaptureRequest(
@@ -161,6 +161,7 @@ class CompiledProgram:
             score_cam_layers=frozenset(needs["S"]),
             ablation_layers=frozenset(needs["D"]),
             reciprocal_layers=frozenset(needs["R"]),
+            reciprocal_onehot_layers=frozenset(needs["R1"]),
             rescore=any(isinstance(n, A.Call) and TABLE[n.fn].needs_model for n in A.walk(self.expr)),
             score=self.score,
         )
@@ -169,7 +170,7 @@ class CompiledProgram:
         return self.resolver.names.index(name) if name in self.resolver.names else -1
 
     def _collect(self, node: A.Expr, layer: str | None, needs: dict[str, set[str]]) -> None:
-        if isinstance(node, A.Terminal) and node.kind not in "YX":
+        if isinstance(node, A.Terminal) and node.kind not in ("Y", "X"):
             needs[node.kind].add(self._terminal_layer(node, layer))
         if isinstance(node, A.Each):
             chosen = self.resolver.select(node.selection)

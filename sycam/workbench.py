@@ -38,9 +38,6 @@ def merge_requests(requests: Iterable[CaptureRequest]) -> CaptureRequest:
     scores = {r.score for r in reqs}
     if len(scores) > 1:
         raise ValueError(f"cannot share one capture between different scores: {sorted(map(str, scores))}")
-    kernels = {r.reciprocal_kernel for r in reqs if r.reciprocal_layers} or {reqs[0].reciprocal_kernel}
-    if len(kernels) > 1:
-        raise ValueError(f"cannot share one capture between Recipro-CAM kernels {sorted(kernels)}")
     layers: list[str] = []
     for r in reqs:
         layers += [name for name in r.layers if name not in layers]
@@ -50,7 +47,7 @@ def merge_requests(requests: Iterable[CaptureRequest]) -> CaptureRequest:
         score_cam_layers=frozenset().union(*(r.score_cam_layers for r in reqs)),
         ablation_layers=frozenset().union(*(r.ablation_layers for r in reqs)),
         reciprocal_layers=frozenset().union(*(r.reciprocal_layers for r in reqs)),
-        reciprocal_kernel=kernels.pop(),
+        reciprocal_onehot_layers=frozenset().union(*(r.reciprocal_onehot_layers for r in reqs)),
         rescore=any(r.rescore for r in reqs),
         score=reqs[0].score,
     )

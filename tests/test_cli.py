@@ -47,7 +47,8 @@ def test_check_reads_files_and_reference_names(tmp_path, capsys):
 
 
 REFERENCES = {"gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam", "ablationcam", "eigencam",
-              "finercam", "layeravg", "winsorcam", "micam", "metacam", "integrative_cam", "reciprocam", "unioncam"}
+              "finercam", "layeravg", "winsorcam", "micam", "metacam", "integrative_cam", "reciprocam", "reciprocam_onehot",
+              "unioncam"}
 
 
 def test_programs_lists_the_references(capsys):

@@ -330,7 +330,7 @@ def gen(draw: st.DrawFn, ty: str, ctx: Ctx, sel: A.Selection | None = None) -> A
         k = draw(st.integers(0, 0 if leaf else 7))
         if k == 0:
             if draw(st.integers(0, 4)) == 0:
-                return A.Terminal("R", ctx.layer)  # type: ignore[arg-type]
+                return A.Terminal(draw(st.sampled_from(["R", "R1"])), ctx.layer)  # type: ignore[arg-type]
             return A.Call(draw(st.sampled_from(REDUCE_C)), (A.Terminal(draw(st.sampled_from("AG")), ctx.layer),))  # type: ignore[arg-type]
         if k == 1:
             return A.Call(draw(st.sampled_from(REDUCE_C)), (draw(gen("T", ctx.down())),))
@@ -439,7 +439,7 @@ def programs(draw: st.DrawFn, max_depth: int = 4) -> A.Program:
 
 
 TOKENS = sorted(set(OPS) | {"each", "fuse", "let", "score", "finer", "logit", "prob", "convs", "last", "stages", "sum",
-                            "mean", "max", "prod", "finest", "input", "A", "G", "S", "D", "R", "Y", "@", "@-1", "@layer4",
+                            "mean", "max", "prod", "finest", "input", "A", "G", "S", "D", "R", "R1", "Y", "@", "@-1", "@layer4",
                             "(", ")", "[", "]", ",", ";", "=", ":", "?", "?p", "?p:[0,100]=90", "+", "-", "*", "/", "^",
                             "0", "1", "-3", "0.5", "1e9", "1e999", "nan", "inf", "#", "\n", " ", "\t", '"', "'", ".",
                             "__import__", "lambda", "os", "{", "}", "!", "\\", "\x00", "\u00e9", "\u202e", "\ud800"})
@@ -784,7 +784,8 @@ def _features(program: A.Program) -> set[str]:
     return found
 
 
-FEATURES = set(OPS) | {"fuse:finest", "fuse:input", "A", "G", "S", "D", "R", "Y", "X", "^", "let", "score:finer", "score:prob",
+FEATURES = set(OPS) | {"fuse:finest", "fuse:input", "A", "G", "S", "D", "R", "R1", "Y", "X", "^", "let", "score:finer",
+                      "score:prob",
                       "each:convs", "each:stages", "each:last", "each:-2:", "each:[0, conv3]"}
 
 

@@ -18,7 +18,7 @@ from sycam.errors import ProgramSyntaxError, ProgramTypeError
 from sycam.lang import ast as A
 from sycam.lang import parse
 from sycam.lang.canon import _fn, to_sympy
-from sycam.lang.ops import INFIX, KINDS, OPS, TABLE, Canon, Form, OpSpec, TypeRule, apply_node, operator_of
+from sycam.lang.ops import INFIX, KINDS, OPS, TABLE, TERMINALS, Canon, Form, OpSpec, TypeRule, apply_node, operator_of
 from sycam.lang.parse import grammar_text
 from sycam.lang.pretty import pretty_expr
 from sycam.lang.types import LayersType, _Checker
@@ -93,7 +93,10 @@ def test_every_operator_has_every_part(name: str) -> None:
     assert all(g in TABLE for g in spec.canon.absorbs)
     assert isinstance(spec.search, tuple) and all(isinstance(f, Form) for f in spec.search)
     for form in spec.search:
-        assert form.result in KINDS and all(k in KINDS for k in form.args) and len(form.args) == _n_values(spec)
+        assert form.result in KINDS and all(k in KINDS for k in form.args)
+        # each value argument is a child of a kind or a fixed terminal (never the first: it carries the type)
+        assert len(form.args) + len(form.terms) == _n_values(spec)
+        assert all(0 < i < spec.arity and i not in spec.const_args and t in TERMINALS for i, t in form.terms)
         # a form fixes every constant argument, each within the operator's declared range
         assert len(form.consts) == len(spec.const_args)
         for r in spec.ranges:
@@ -463,11 +466,17 @@ PINNED = {
 def test_the_search_space_keeps_its_productions_and_their_order() -> None:
     """Optuna studies record each choice's options in order, and the enumerator's result depends on
     it: the productions that existed keep their names, templates and relative order (a new
-    operator's forms may join them)."""
+    operator's forms may join them). The default space is exactly these, in this order."""
+    from sycam.search.space import DEFAULT
+
     for typ, pinned in PINNED.items():
         names = [p[0] for p in pinned]
         got = [(p.name, p.children, pretty_expr(p.template)) for p in BY_TYPE[typ] if p.name in names]
         assert got == pinned, typ
+        assert [p.name for p in DEFAULT.by_type(typ)] == names, typ
+    assert set(DEFAULT.productions) == {p[0] for pinned in PINNED.values() for p in pinned}
+    assert (DEFAULT.selections, DEFAULT.max_size, DEFAULT.grow, DEFAULT.max_depth, DEFAULT.interleave) == \
+        (("convs", "stages"), 8, True, 6, False)
 
 
 def test_search_forms_type_as_declared() -> None:
@@ -475,9 +484,9 @@ def test_search_forms_type_as_declared() -> None:
     letters = {v: k for k, v in KINDS.items()}
     for spec in TABLE.values():
         for form in spec.search:
-            kinds, consts = iter(form.args), iter(form.consts)
-            expr = apply_node(spec, tuple(A.Num(next(consts)) if i in spec.const_args else ARG[KINDS[next(kinds)]]
-                                          for i in range(spec.arity)))
+            kinds, consts, terms = iter(form.args), iter(form.consts), dict(form.terms)
+            expr = apply_node(spec, tuple(A.Num(next(consts)) if i in spec.const_args else A.Terminal(terms[i])
+                                          if i in terms else ARG[KINDS[next(kinds)]] for i in range(spec.arity)))
             assert letters[_type(expr).kind] == form.result, (spec.name, form)
 
 
@@ -504,10 +513,15 @@ def test_the_enumerator_evaluates_through_the_tables_kernels(monkeypatch) -> Non
     space = FULL
     enum = Enumerator(caps, resolver, max_size=5, bucket=100_000, lifted=0, space=space)  # no bucket fills up
     enum.run()
+    # select_max(S, M, S, M) has 11 nodes at least: a space of it and the required productions
+    from sycam.search.space import REQUIRED, Space
+
+    select = Enumerator(caps, resolver, max_size=11, bucket=100_000, lifted=0, space=Space("select", REQUIRED + ("select_max_SMSM",)))
+    select.run()
     searchable = {s.name for s in TABLE.values() if s.search}
     assert searchable <= set(calls), searchable - set(calls)
     # bit for bit where the compiler takes no shortcut (it computes sum_c(w * T) as one matrix product)
-    exact = [e for entries in enum.banks["M"].values() for e in entries if "*" not in pretty_expr(e.expr)]
+    exact = [e for en in (enum, select) for entries in en.banks["M"].values() for e in entries if "*" not in pretty_expr(e.expr)]
     assert len(exact) > 10
     for e in exact:
         assert torch.equal(compiler.CompiledProgram(A.Program(e.expr), resolver).raw(caps), e.value), pretty_expr(e.expr)

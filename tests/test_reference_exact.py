@@ -392,7 +392,8 @@ PROGRAMS = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scoreca
 
 #: reference programs whose exact test lives elsewhere (they re-run the model on mosaic feature maps
 #: or masked inputs, which this file's numpy forward of TinyNet does not model)
-COVERED_ELSEWHERE = {"reciprocam": "test_seeds_reforward.py", "unioncam": "test_seeds_reforward.py"}
+COVERED_ELSEWHERE = {"reciprocam": "test_seeds_reforward.py", "reciprocam_onehot": "test_seeds_reforward.py",
+                     "unioncam": "test_seeds_reforward.py"}
 
 
 def test_every_reference_program_is_covered() -> None:

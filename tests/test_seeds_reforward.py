@@ -41,6 +41,11 @@ class Net(nn.Module):
         return self.tail(self.relu2(self.conv2(e)), e)
 
 
+#: the request field and the terminal of each Recipro-CAM kernel
+_RECIPRO = {"gaussian": "reciprocal_layers", "onehot": "reciprocal_onehot_layers"}
+_TERMINAL = {"gaussian": "R", "onehot": "R1"}
+
+
 def _net(concat: bool = False, seed: int = 0) -> Net:
     torch.manual_seed(seed)
     return Net(concat).double().eval()
@@ -88,9 +93,9 @@ def _inputs(seed: int = 1, n: int = 3, size: int = 8) -> tuple[torch.Tensor, tor
 @pytest.mark.parametrize("kernel", ["gaussian", "onehot"])
 def test_recipro_cam_is_the_authors_mosaic_forwarded_through_the_tail(kernel: str, concat: bool) -> None:
     net, (x, t) = _net(concat), _inputs()
-    req = CaptureRequest(layers=("relu2",), reciprocal_layers={"relu2"}, reciprocal_kernel=kernel,
+    req = CaptureRequest(layers=("relu2",), **{_RECIPRO[kernel]: {"relu2"}},
                          score=load("reciprocam").score_spec)
-    got = capture(net, x, t, req).R["relu2"]
+    got = getattr(capture(net, x, t, req), _TERMINAL[kernel])["relu2"]
     want = _recipro_reference(net, x, t, kernel == "gaussian")
     assert got.shape == want.shape == (3, 8 if concat else 4, 8 if concat else 4)
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12, atol=1e-14)
@@ -119,9 +124,9 @@ def test_recipro_cam_closed_form_on_a_summing_head() -> None:
     s = x[0].sum(0)
     kappa = torch.tensor([[9, 12, 9], [12, 16, 12], [9, 12, 9]], dtype=torch.float64) / 16
     for kernel, k in (("gaussian", kappa), ("onehot", torch.ones(3, 3, dtype=torch.float64))):
-        req = CaptureRequest(layers=("feat",), reciprocal_layers={"feat"}, reciprocal_kernel=kernel,
+        req = CaptureRequest(layers=("feat",), **{_RECIPRO[kernel]: {"feat"}},
                              score=load("reciprocam").score_spec)
-        got = capture(Sum().double(), x, torch.tensor([0]), req).R["feat"][0]
+        got = getattr(capture(Sum().double(), x, torch.tensor([0]), req), _TERMINAL[kernel])["feat"][0]
         np.testing.assert_allclose(got.numpy(), torch.sigmoid(s * k).numpy(), rtol=1e-13)
 
 
@@ -148,9 +153,49 @@ def test_the_program_is_the_normalised_upsampled_R_and_the_model_comes_back_as_f
     mine.remove()
 
 
-def test_reciprocal_kernel_is_checked() -> None:
-    with pytest.raises(ValueError, match="reciprocal_kernel"):
-        CaptureRequest(layers=("a",), reciprocal_kernel="box")
+@pytest.mark.parametrize("concat", [False, True], ids=["broadcast-tail", "concat-tail"])
+def test_the_one_hot_terminal_R1_is_the_authors_default_mosaic(concat: bool) -> None:
+    """``R1`` (reciprocam_onehot.cam) against the authors' one-hot mosaic written out with loops,
+    and ``R`` beside it in one program: one capture holds both, each its own kernel's map."""
+    net, (x, t) = _net(concat), _inputs()
+    onehot, gaussian = _recipro_reference(net, x, t, False), _recipro_reference(net, x, t, True)
+    prog = compile_program(load("reciprocam_onehot"), net, default_layer="relu2")
+    assert prog.request.reciprocal_onehot_layers == {"relu2"} and not prog.request.reciprocal_layers
+    np.testing.assert_allclose(prog.raw(capture(net, x, t, prog.request)).numpy(), onehot.numpy(), rtol=1e-12, atol=1e-14)
+    both = compile_program("score prob; R1 - 2 * R", net, default_layer="relu2")
+    assert both.request.reciprocal_onehot_layers == both.request.reciprocal_layers == {"relu2"}
+    np.testing.assert_allclose(both.raw(capture(net, x, t, both.request)).numpy(), (onehot - 2 * gaussian).numpy(),
+                               rtol=1e-12, atol=1e-13)
+    assert float((onehot - gaussian).abs().max()) > 1e-6  # the kernels differ, by far more than the tolerance
+    # the program's map: R1 upsampled and normalised
+    maps = Explainer(net, "reciprocam_onehot", layers="relu2")(x, t)
+    up = F.interpolate(onehot.unsqueeze(1), size=(8, 8), mode="bilinear", align_corners=False)[:, 0]
+    lo, hi = up.flatten(1).min(1).values.view(-1, 1, 1), up.flatten(1).max(1).values.view(-1, 1, 1)
+    np.testing.assert_allclose(maps.numpy(), ((up - lo) / (hi - lo)).numpy(), atol=1e-6 / float((hi - lo).min()))
+
+
+def test_the_capture_cache_keeps_R_R1_X_and_the_rescorer(tmp_path) -> None:
+    """Captures read back from the disk cache serve the programs that read R, R1 (pieces per layer
+    and score), X (computed from the inputs) and confidence/gain (a re-scorer attached on reading):
+    the same maps as fresh captures, and a second read runs no Recipro-CAM forward."""
+    from sycam.cache import CaptureCache
+
+    net, (x, t) = _net(), _inputs()
+    cache = CaptureCache(tmp_path / "cache")
+    for source in ("score prob; R + R1", "sum_c(mi(A, X) * A)", "let m = relu(sum_c(A)); gain(m) * m + confidence(m) * m"):
+        prog = compile_program(source, net, default_layer="relu2")
+        fresh = prog(capture(net, x, t, prog.request))
+        for _ in range(2):
+            _, caps = cache.capture(net, "net", x, "k", lambda: t, prog.request)
+            np.testing.assert_allclose(prog(caps).numpy(), fresh.numpy(), rtol=1e-12, atol=1e-12)
+    forwards = []
+    handle = net.register_forward_hook(lambda *a: forwards.append(1))
+    try:
+        _, caps = cache.capture(net, "net", x, "k", lambda: t, compile_program("score prob; R + R1", net,
+                                                                                 default_layer="relu2").request)
+    finally:
+        handle.remove()
+    assert not forwards and set(caps.R) == set(caps.R1) == {"relu2"}
 
 
 # ----------------------------------------------------------------------------- UnionCAM
@@ -236,7 +281,7 @@ def test_confidence_and_gain_are_plain_forwards_of_the_masked_input() -> None:
 
 
 def test_the_new_programs_are_listed() -> None:
-    assert {"reciprocam", "unioncam"} <= set(list_programs())
+    assert {"reciprocam", "reciprocam_onehot", "unioncam"} <= set(list_programs())
 
 
 # ----------------------------------------------------------------------------- real networks
@@ -248,11 +293,11 @@ def _check_maps(maps: torch.Tensor, n: int, size: int) -> None:
 
 
 @pytest.mark.slow
-def test_both_programs_run_on_resnet50() -> None:
+def test_the_recipro_and_union_programs_run_on_resnet50() -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet50().eval()
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    for name in ("reciprocam", "unioncam"):
+    for name in ("reciprocam", "reciprocam_onehot", "unioncam"):
         _check_maps(Explainer(model, name, layers="layer1")(x, torch.tensor([7])), 1, 32)
     # the terminal at the last stage, where the tail is the pool and the classifier
     caps = capture(model, torch.randn(1, 3, 64, 64), torch.tensor([3]),
@@ -262,13 +307,13 @@ def test_both_programs_run_on_resnet50() -> None:
 
 @pytest.mark.slow
 @pytest.mark.shared
-def test_both_programs_run_on_mobilenet_v2_with_imagenet_weights() -> None:
+def test_the_recipro_and_union_programs_run_on_mobilenet_v2_with_imagenet_weights() -> None:
     from tests.test_reference_agreement import imagenet_images, mobilenet
 
     model = mobilenet(need(MOBILENET_WEIGHTS))
     x, labels = imagenet_images(need(IMAGENET_DEV), 1, 112)
     t = torch.tensor(labels)
-    maps = {name: Explainer(model, name, layers="features.18")(x, t) for name in ("reciprocam", "unioncam")}
+    maps = {name: Explainer(model, name, layers="features.18")(x, t) for name in ("reciprocam", "reciprocam_onehot", "unioncam")}
     for m in maps.values():
         _check_maps(m, 1, 112)
     # Recipro-CAM's map is the softmax probability per position: on an image the network gets right,

@@ -28,7 +28,8 @@ def _probe(n: int = 6, expensive: bool = False):
     x = torch.rand(n, 3, 32, 32)
     last = frozenset([resolver.default]) if expensive else frozenset()
     request = CaptureRequest(layers=tuple(resolver.convs), grad_layers=frozenset(resolver.convs),
-                             score_cam_layers=last, ablation_layers=last)
+                             score_cam_layers=last, ablation_layers=last, reciprocal_layers=last,
+                             reciprocal_onehot_layers=last)
     return capture(model, x, torch.arange(n) % 4, request), resolver
 
 
@@ -50,7 +51,7 @@ SEARCHABLE = {name for name, spec in TABLE.items() if spec.search}
 
 def test_the_full_space_searches_every_operator_and_terminal() -> None:
     """Sampled programs of ``full --expensive`` use every operator with a search form, every terminal
-    (A, G, S, D) and layer slices and lists; each type checks, prints and parses back, and derives
+    (A, G, S, D, R, R1, and X as mi's second argument) and layer slices and lists; each type checks, prints and parses back, and derives
     back to itself in the full space (so Optuna can replay it)."""
     space = with_expensive(FULL)
     rng = random.Random(0)
@@ -64,12 +65,13 @@ def test_the_full_space_searches_every_operator_and_terminal() -> None:
             assert str(check(program).type) == "Map"
             assert parse(pretty(program)) == program
             assert derive(program.body, space=space) == deriv
-    wanted = SEARCHABLE | {"A", "G", "S", "D", "SelSlice", "SelList", "SelNamed"}
+    wanted = SEARCHABLE | {"A", "G", "S", "D", "R", "R1", "X", "SelSlice", "SelList", "SelNamed"}
     assert wanted <= seen, sorted(wanted - seen)
     # today's space reaches none of the new operators, and no S or D
     for _ in range(500):
         deriv = Sampler(lambda path, options: rng.choice(list(options)), max_depth=4).sample()
-        assert not _used(deriv.program().body) & {"exp", "log", "sqrt", "sigmoid", "threshold", "pc1", "S", "D", "SelSlice"}
+        assert not _used(deriv.program().body) & {"exp", "log", "sqrt", "sigmoid", "threshold", "pc1", "mi", "S", "D", "R",
+                                                  "R1", "X", "SelSlice"}
 
 
 def test_the_enumerator_of_the_full_space_builds_every_operator_and_terminal() -> None:
@@ -77,28 +79,63 @@ def test_the_enumerator_of_the_full_space_builds_every_operator_and_terminal() -
     space = with_expensive(FULL)
     enum = Enumerator(caps, resolver, max_size=4, bucket=100_000, lifted=0, space=space)
     enum.run()
-    # rescale(M, 0.1, 1) has 5 nodes at least: a space of it and the required productions, to size 5
+    # rescale(M, 0.1, 1) has 5 nodes at least, select_max(S, M, S, M) 11: spaces of each and the
+    # required productions, to those sizes (keys mean_c(mean_hw(G)) and sum_hw(sum_c(G)) cross where
+    # the gradient's mean changes sign, so some selections are new values)
     few = Space("few", REQUIRED + ("rescale_M_0.1_1",))
     more = Enumerator(caps, resolver, max_size=5, bucket=100_000, lifted=0, space=few)
     more.run()
+    select = Enumerator(caps, resolver, max_size=11, bucket=100_000, lifted=0,
+                        space=Space("select", REQUIRED + ("sum_hw_M", "select_max_SMSM")))
+    select.run()
+    assert select.banks["M"][11]
     built = set()
-    for bank in list(enum.banks.values()) + list(more.banks.values()):
+    for bank in list(enum.banks.values()) + list(more.banks.values()) + list(select.banks.values()):
         for entries in bank.values():
             for e in entries:
                 built |= _used(e.expr)
-    assert SEARCHABLE | {"A", "G", "S", "D"} <= built, sorted(SEARCHABLE | {"A", "G", "S", "D"} - built)
+    wanted = SEARCHABLE | {"A", "G", "S", "D", "R", "R1", "X"}
+    assert wanted <= built, sorted(wanted - built)
     # the default space enumerates exactly today's list: its productions are a subset of the full one
     default = Enumerator(caps, resolver, max_size=4, lifted=0).run()
     assert all(derive(d.program().body, space=FULL) is not None for d in default)
 
 
+def test_the_full_space_produces_mi_cam() -> None:
+    """MI-CAM (micam.cam: ``sum_c(mi(A, X) * A)``) lies in the full space, not in the default one: the
+    sampler replays it from its Optuna parameters, and the enumerator builds it (the full space
+    takes a type's productions in turns, so ``mi(A, X) * A`` gets into the full bucket of products
+    of size 5), with the values of the compiled reference program."""
+    from sycam.compile import CompiledProgram
+    from sycam.programs import load
+
+    micam = load("micam")
+    deriv = derive(micam.body, space=FULL)
+    assert deriv is not None and derive(micam.body, space=DEFAULT) is None
+    params = to_params(deriv)
+    replay = Sampler(lambda path, options: params[path] if params[path] in options else pytest.fail(path),
+                     space=FULL, selections=FULL.selections).sample()
+    assert replay == deriv and replay.program() == micam
+    caps, resolver = _probe()
+    enum = Enumerator(caps, resolver, max_size=6, lifted=0, space=FULL)
+    found = [d for d in enum.run() if d == deriv]
+    assert found, "the full space's enumerator did not build sum_c(mi(A, X) * A)"
+    entry = next(e for e in enum.banks["M"][6] if e.expr == micam.body)
+    compiled = CompiledProgram(micam, resolver).raw(caps)  # sum_c(w * A) as a matrix product: float rounding apart
+    assert torch.allclose(entry.value, compiled, rtol=1e-5, atol=1e-6 * float(compiled.abs().max()))
+    # in production order (interleave off) the products' bucket fills before mi(A, X) * A
+    plain = Space("plain", FULL.productions, FULL.selections)
+    assert deriv not in Enumerator(caps, resolver, max_size=6, lifted=0, space=plain).run()
+
+
 def test_presets_nest_and_the_default_is_todays_space() -> None:
     assert set(SMALL.productions) < set(DEFAULT.productions) < set(FULL.productions)
     assert set(SMALL.selections) <= set(DEFAULT.selections) <= set(FULL.selections)
-    assert {"S", "D"} & set(FULL.productions) == set()  # only behind --expensive
+    assert {"S", "D", "R", "R1"} & set(FULL.productions) == set()  # only behind --expensive
+    assert FULL.interleave and not DEFAULT.interleave and not SMALL.interleave
     assert set(with_expensive(FULL).productions) == {p.name for p in PRODUCTIONS}
     assert load_space("default") is DEFAULT and load_space("small") is SMALL
-    assert load_space("default", expensive=True).expensive == ("S", "D")
+    assert load_space("default", expensive=True).expensive == ("S", "D", "R", "R1")
     # a sampled program of the small space lies in the default space, with the same Optuna parameters
     rng = random.Random(1)
     for _ in range(200):
@@ -128,6 +165,10 @@ def test_space_files(tmp_path) -> None:
     js.write_text('{"base": "full", "remove": ["pc1"], "terminals": ["A", "G", "S"]}')
     space = load_space(str(js))
     assert "pc1" not in space.productions and "S" in space.productions and "D" not in space.productions
+    assert space.interleave  # full's, inherited
+    toml.write_text('base = "full"\nterminals = ["A", "G", "R1"]\ninterleave = false\n')
+    space = load_space(str(toml))
+    assert space.expensive == ("R1",) and not space.interleave and "mi_TX" in space.productions
 
 
 @pytest.mark.parametrize("text, message", [
@@ -136,6 +177,7 @@ def test_space_files(tmp_path) -> None:
     ('selections = ["stages", "1:2:3:4"]\n', "line 1: selections: '1:2:3:4' is not a layer selection"),
     ('terminals = ["A"]\n', "line 1: terminals: every space needs G"),
     ('max_size = 0\n', "line 1: max_size: expected a positive integer"),
+    ('base = "full"\ninterleave = 1\n', "line 2: interleave: expected true or false"),
     ('base = "huge"\n', "line 1: base: 'huge' is not a preset"),
     ('operators = [\n', "not valid TOML"),
 ])
@@ -191,3 +233,34 @@ def test_the_cli_refuses_a_bad_space_before_any_work(tmp_path, capsys) -> None:
     assert main(["synthesize", "--metric", "iou", "--space", str(bad), "--out", str(out)]) == 2
     assert f"{bad} line 1: max_size: expected a positive integer" in capsys.readouterr().err
     assert not out.exists()  # refused before the model, the data or the output folder
+
+
+def test_a_search_with_the_expensive_recipro_terminals_and_mi(tmp_path, monkeypatch) -> None:
+    """A synthesis over a space with ``R``, ``R1`` (behind --expensive) and MI-CAM's weights: their
+    capture cost is measured, the train captures (and the enumerator's probe) hold them, and
+    programs that read them are scored with the values their compiled programs give."""
+    import json
+    from pathlib import Path
+
+    from sycam.compile import CompiledProgram
+    from sycam.search.synthesize import SynthConfig, Synthesis
+    from sycam.workbench import mean_score
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent))
+    space = with_expensive(Space("rx", REQUIRED + ("mi_TX", "mul_CT", "relu_M")))
+    assert space.expensive == ("S", "D", "R", "R1")
+    cfg = SynthConfig(metrics=["iou"], model="tiny_models:bundle", candidates=200, out=str(tmp_path / "run"),
+                      train_limit=16, val_limit=16, test_limit=16, batch_size=16, max_size=6,
+                      references=("gradcam",), progress=False, sanity="off", space=space, racing=False)
+    synthesis = Synthesis(cfg)
+    result = synthesis.run()
+    costs = result["stats"]["expensive_seconds_per_image"]
+    assert set(costs) == {"S", "D", "R", "R1"} and all(v >= 0 for v in costs.values())
+    rows = [json.loads(line) for line in (tmp_path / "run" / "enumerated.jsonl").read_text().splitlines()]
+    scored = {row["program"]: row["values"][0] for row in rows if row["rung"] == "exact"}
+    for text in ("R", "R1", "sum_c(mi(A, X) * A)"):
+        assert text in scored, (text, sorted(scored))
+        compiled = CompiledProgram(parse(text), LayerResolver(synthesis.bundle.module, synthesis.bundle.default_layer,
+                                                               synthesis.bundle.stage_layers))
+        train = synthesis.bench("train", compiled.request)
+        assert scored[text] == pytest.approx(mean_score(train.score(compiled, synthesis.metrics)["iou"]), abs=1e-6), text

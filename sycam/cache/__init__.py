@@ -13,8 +13,11 @@ A :class:`~sycam.workbench.Workbench` asks :meth:`CaptureCache.capture` for each
   space and the model's class count (``pred`` targets are stored, so a hit needs no extra forward);
 - the device type, the cache format and torch's version.
 
-Inside an entry every value is its own file (a **piece**): ``A`` of a layer, ``G``/``S``/``D`` of a
-layer under a score (logit, prob, finer(k, alpha)), ``Y`` and the logits. A request is served from
+Inside an entry every value is its own file (a **piece**): ``A`` of a layer, ``G``/``S``/``D`` and
+Recipro-CAM's ``R``/``R1`` of a layer under a score (logit, prob, finer(k, alpha)), ``Y`` and the
+logits. The image terminal ``X`` is no piece (it is the inputs' mean over colours, computed on
+reading), nor is the re-scorer of ``confidence``/``gain`` (it runs the model: it is attached to the
+captures on reading, as :func:`~sycam.capture.capture` attaches it). A request is served from
 whatever pieces exist; only the missing ones are captured (with a request restricted to them), so a
 later program on other layers, or Score-CAM's ``S`` on top of ``A``/``G``, adds pieces to the entry.
 ``widen`` (what a synthesis searches over) is captured with the first miss, so that a later run

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from sycam.cache.pack import FORMAT, Entry, Unusable, ldexp, touch
-from sycam.capture import CaptureRequest, Captures, capture
+from sycam.capture import CaptureRequest, Captures, capture, with_rescorer
 from sycam.errors import SycamError
 from sycam.lang.ast import ScoreSpec
 
@@ -94,6 +94,8 @@ def _pieces(req: CaptureRequest) -> dict[str, tuple[str, str]]:
     out.update({_piece("G", n, s): ("G", n) for n in req.grad_layers})
     out.update({_piece("S", n, s): ("S", n) for n in req.score_cam_layers})
     out.update({_piece("D", n, s): ("D", n) for n in req.ablation_layers})
+    out.update({_piece("R", n, s): ("R", n) for n in req.reciprocal_layers})
+    out.update({_piece("R1", n, s): ("R1", n) for n in req.reciprocal_onehot_layers})
     out[_piece("Y", score=s)] = ("Y", "")
     out["logits"] = ("logits", "")
     return out
@@ -105,9 +107,12 @@ def _missing_request(req: CaptureRequest, present: set[str]) -> CaptureRequest:
     grad = {n for n in req.grad_layers if _piece("G", n, s) not in present}
     sc = {n for n in req.score_cam_layers if _piece("S", n, s) not in present}
     ab = {n for n in req.ablation_layers if _piece("D", n, s) not in present}
-    layers = [n for n in req.all_layers if _piece("A", n) not in present or n in grad | sc | ab]
+    rg = {n for n in req.reciprocal_layers if _piece("R", n, s) not in present}
+    r1 = {n for n in req.reciprocal_onehot_layers if _piece("R1", n, s) not in present}
+    layers = [n for n in req.all_layers if _piece("A", n) not in present or n in grad | sc | ab | rg | r1]
     return CaptureRequest(layers=tuple(layers), grad_layers=frozenset(grad), score_cam_layers=frozenset(sc),
-                          ablation_layers=frozenset(ab), score=s)
+                          ablation_layers=frozenset(ab), reciprocal_layers=frozenset(rg),
+                          reciprocal_onehot_layers=frozenset(r1), score=s)
 
 
 class CaptureCache:
@@ -152,7 +157,7 @@ class CaptureCache:
                 STATS.hits += 1
                 STATS.bytes_read += entry.bytes_read
                 touch(entry.path)
-                return targets, caps
+                return targets, self._rescorer(module, inputs, targets, caps, request)
             except Unusable:
                 entry.index = {}
         if "targets" in entry.index:
@@ -173,7 +178,7 @@ class CaptureCache:
         try:
             caps = self._assemble(entry, request, new, inputs)
             STATS.bytes_read += entry.bytes_read
-            return targets, caps
+            return targets, self._rescorer(module, inputs, targets, caps, request)
         except Unusable:  # what was there before vanished meanwhile: capture all of it
             return targets, capture(module, inputs, targets, request)
 
@@ -193,7 +198,7 @@ class CaptureCache:
         """Write the new pieces of ``caps`` as one pack; return them as a later read would (rounded if float16)."""
         s = req.score
         values: dict[str, tuple[str, Tensor]] = {"logits": ("logits", caps.logits), _piece("Y", score=s): ("Y", caps.Y)}
-        for kind, d in (("A", caps.A), ("G", caps.G), ("S", caps.S), ("D", caps.D)):
+        for kind, d in (("A", caps.A), ("G", caps.G), ("S", caps.S), ("D", caps.D), ("R", caps.R), ("R1", caps.R1)):
             for n, t in d.items():
                 values[_piece(kind, n, None if kind == "A" else s)] = (kind, t)
         values["targets"] = ("targets", targets)
@@ -232,12 +237,20 @@ class CaptureCache:
             return entry.read(stem).to(inputs.device)
 
         s = req.score
+        Y = get(_piece("Y", score=s))
         return Captures(A={n: get(_piece("A", n)) for n in req.all_layers},
                         G={n: get(_piece("G", n, s)) for n in sorted(req.grad_layers)},
                         S={n: get(_piece("S", n, s)) for n in sorted(req.score_cam_layers)},
                         D={n: get(_piece("D", n, s)) for n in sorted(req.ablation_layers)},
-                        Y=get(_piece("Y", score=s)), logits=get("logits"),
-                        input_size=(int(inputs.shape[2]), int(inputs.shape[3])))
+                        R={n: get(_piece("R", n, s)) for n in sorted(req.reciprocal_layers)},
+                        R1={n: get(_piece("R1", n, s)) for n in sorted(req.reciprocal_onehot_layers)},
+                        Y=Y, logits=get("logits"), input_size=(int(inputs.shape[2]), int(inputs.shape[3])),
+                        X=inputs.detach().mean(1).to(Y.dtype))  # the image terminal, as capture() computes it
+
+    @staticmethod
+    def _rescorer(module: nn.Module, inputs: Tensor, targets: Tensor, caps: Captures, req: CaptureRequest) -> Captures:
+        """Cached captures with the re-scorer ``confidence``/``gain`` need (it runs the model: never stored)."""
+        return with_rescorer(module, inputs, targets, caps) if req.rescore else caps
 
     # ------------------------------------------------------------------ housekeeping
     def entries(self) -> list[tuple[Path, float, int]]:
@@ -316,7 +329,10 @@ def default_cache() -> CaptureCache | None:
 def _merge(a: CaptureRequest, b: CaptureRequest) -> CaptureRequest:
     return CaptureRequest(layers=a.layers + tuple(n for n in b.layers if n not in a.layers),
                           grad_layers=a.grad_layers | b.grad_layers, score_cam_layers=a.score_cam_layers | b.score_cam_layers,
-                          ablation_layers=a.ablation_layers | b.ablation_layers, score=a.score)
+                          ablation_layers=a.ablation_layers | b.ablation_layers,
+                          reciprocal_layers=a.reciprocal_layers | b.reciprocal_layers,
+                          reciprocal_onehot_layers=a.reciprocal_onehot_layers | b.reciprocal_onehot_layers,
+                          rescore=a.rescore, score=a.score)
 
 
 def _env_gb() -> float:

@@ -36,9 +36,10 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--space", default="default", metavar="PRESET|FILE",
                         help="the grammar subset searched: small, default (the default), full (every operator, terminal "
-                             "and layer selection but S and D), or a .toml/.json space file (see sycam.search.presets)")
-    parser.add_argument("--expensive", action="store_true", help="add the expensive terminals S (Score-CAM) and D "
-                        "(Ablation-CAM) to the space: a forward pass per channel per image (the cost is measured and printed)")
+                             "and layer selection but S, D, R and R1), or a .toml/.json space file (see sycam.search.presets)")
+    parser.add_argument("--expensive", action="store_true", help="add the expensive terminals S (Score-CAM), D "
+                        "(Ablation-CAM), R and R1 (Recipro-CAM) to the space: a forward pass per channel, or per position, "
+                        "per image (the cost is measured and printed)")
     parser.add_argument("--max-size", type=int, default=None, help="largest Map expression the enumerator builds (AST "
                         "nodes); default: the space's (8 for default and full), one more per doubling of --budget beyond "
                         "300 s (at most 4 more); with --candidates, the space's")

@@ -99,7 +99,7 @@ class Param:
 
 @dataclass(frozen=True)
 class Terminal:
-    """``A``, ``G``, ``S``, ``D``, ``R`` (per layer) or ``Y`` (the explained score)."""
+    """``A``, ``G``, ``S``, ``D``, ``R``, ``R1`` (per layer), ``Y`` (the explained score) or ``X`` (the image)."""
 
     kind: str
     layer: LayerRef | None = None

@@ -108,13 +108,17 @@ class Form:
     """One production of the search space: the operator on arguments of the types ``args``
     yielding ``result`` (letters of :data:`KINDS`). ``consts``: the values of the operator's
     constant arguments (``const_args``, in order; e.g. ``threshold(x, 50)``), fixed by the form.
+    ``terms``: value arguments the form fills with a terminal instead of a child, as (argument
+    position, terminal) pairs — ``mi(x, X)``: the image ``X`` is a Map of the input grid, which no
+    production of the space's types (all of the current layer) can be, so it enters only here.
     ``name`` names the production (Optuna's parameter values and derivations use it); by default
-    ``<operator>_<argument letters>``, then ``_<constant>`` for each constant."""
+    ``<operator>_<argument letters><terminals>``, then ``_<constant>`` for each constant."""
 
     args: tuple[str, ...]
     result: str
     name: str = ""
     consts: tuple[float, ...] = ()
+    terms: tuple[tuple[int, str], ...] = ()
 
 
 def on(*kinds: str) -> tuple[Form, ...]:
@@ -172,7 +176,8 @@ class OpSpec:
         if form.name:
             return form.name
         op = {"^": "pow", "-": "sub", "+": "add", "*": "mul", "/": "div"}.get(self.name, self.name)
-        return f"{op}_{''.join(form.args)}" + "".join(f"_{c:g}" for c in form.consts)
+        return (f"{op}_{''.join(form.args)}{''.join(t for _, t in form.terms)}"
+                + "".join(f"_{c:g}" for c in form.consts))
 
 
 def _table(*specs: OpSpec) -> dict[str, OpSpec]:
@@ -196,6 +201,12 @@ TABLE: dict[str, OpSpec] = _table(
     # elementwise binary
     OpSpec("max", 2, BINARY, "torch.maximum", Canon(idempotent=True, commutative=True), BINARY_FORMS, doc="elementwise maximum (broadcasting)"),
     OpSpec("min", 2, BINARY, "torch.minimum", Canon(idempotent=True, commutative=True), BINARY_FORMS, doc="elementwise minimum (broadcasting)"),
+    # information (before the reductions: the full space's enumerator, taking a type's productions in turns,
+    # then has mi(A, X) first among the Channels of size 3 and MI-CAM's mi(A, X) * A among the first products)
+    # searched with the image as the second argument (MI-CAM's channel weights mi(A, X), a layer's MI with the image)
+    OpSpec("mi", 2, MI, "mutual_info", search=(Form(("T",), "C", terms=((1, "X"),)), Form(("M",), "S", terms=((1, "X"),))),
+           doc="MI-CAM: mutual information (nats, 16x16-bin joint histogram over each variable's min..max per image, "
+               "on a grid of at most 56x56) of each channel of x, or of a Map x, with the Map m"),
     # reductions
     OpSpec("sum_hw", 1, REDUCE_HW, "sum_hw", H, (Form(("T",), "C"), Form(("M",), "S")), doc="sum over H,W: Tensor->Channels, Map->Scalar"),
     OpSpec("mean_hw", 1, REDUCE_HW, "mean_hw", H, (Form(("T",), "C", "mean_hw"),),
@@ -224,10 +235,6 @@ TABLE: dict[str, OpSpec] = _table(
            doc="positive entries linearly to [lo, hi]; zeros stay zero; all equal -> hi"),
     OpSpec("topk_pct", 2, AXIS, "topk_pct", const_args=(1,), ranges=SHARE, search=at(("M",), 20.0),
            doc="MetaCAM's vote: 1 on the k% highest entries (the ceil(k N / 100) largest, ties at the cut kept), 0 elsewhere"),
-    # information
-    OpSpec("mi", 2, MI, "mutual_info",
-           doc="MI-CAM: mutual information (nats, 16x16-bin joint histogram over each variable's min..max per image, "
-               "on a grid of at most 56x56) of each channel of x, or of a Map x, with the Map m"),
     OpSpec("threshold_hw", 2, AXIS_HW, "threshold_hw", const_args=(1,), ranges=PERCENT, search=at(("T",), 10.0),
            doc="per channel: zero the entries below the channel's p-th percentile over H,W (UnionCAM's denoising)"),
     # re-scoring the input masked by a map (one extra forward per image and call: never searched)
@@ -236,7 +243,9 @@ TABLE: dict[str, OpSpec] = _table(
     OpSpec("gain", 1, RESCORE, "gain", needs_model=True,
            doc="confidence(map) minus the target's probability on the blank (all-zero) input, Map->Scalar"),
     # per-image selection
-    OpSpec("select_max", 4, SELECT, "select_max",
+    # searched on Maps with Scalar keys (e.g. percentiles of the two maps); at least 11 nodes, so the
+    # enumerator reaches it only with a long budget (size 11 from 2,400 s), the sampler at any
+    OpSpec("select_max", 4, SELECT, "select_max", search=(Form(("S", "M", "S", "M"), "M"),),
            doc="select_max(k1, x1, k2, x2): per image x1 where the Scalar k1 > k2, else x2"),
     # projections
     OpSpec("pc1", 1, PC1, "pc1", H, (Form(("T",), "M", "pc1"),), doc="Eigen-CAM: projection on the first principal component, Tensor->Map"),
@@ -257,7 +266,8 @@ TABLE: dict[str, OpSpec] = _table(
 OPS: dict[str, OpSpec] = {name: spec for name, spec in TABLE.items() if not spec.infix}  # called by name
 INFIX: dict[str, OpSpec] = {name: spec for name, spec in TABLE.items() if spec.infix}
 
-TERMINALS = ("A", "G", "S", "D", "R", "Y", "X")  # X: the input image's grey level (a Map on the input grid)
+# R1: Recipro-CAM with the one-hot kernel (R: the Gaussian); X: the input image's grey level (a Map on the input grid)
+TERMINALS = ("A", "G", "S", "D", "R", "R1", "Y", "X")
 SELECTORS = ("convs", "last", "stages")
 FUSE_MODES = ("sum", "mean", "max", "prod")
 FUSE_GRIDS = ("finest", "input")

@@ -304,7 +304,7 @@ _TOKEN_WORDS = {
     "RPAR": "')'", "LPAR": "'('", "COMMA": "','", "SEMICOLON": "';'", "PLUS": "'+'", "MINUS": "'-'",
     "STAR": "'*'", "SLASH": "'/'", "CIRCUMFLEX": "'^'", "EQUAL": "'='", "COLON": "':'", "AT": "'@'",
     "LSQB": "'['", "RSQB": "']'", "QMARK": "'?'", "NAME": "a name", "NUMBER": "a number",
-    "SIGNED_NUMBER": "a number", "SIGNED_INT": "an integer", "TERMINAL": "A, G, S, D, R, Y or X",
+    "SIGNED_NUMBER": "a number", "SIGNED_INT": "an integer", "TERMINAL": "A, G, S, D, R, R1, Y or X",
     "DOTTED_NAME": "a module name", "ESCAPED_STRING": "a quoted module name",
     "SELECTOR_NAME": "a layer selection (convs, last, stages)", "FUSE_MODE": "a fuse mode (sum, mean, max, prod)",
     "FUSE_GRID": "a grid (finest, input)", "$END": "end of program", "<END-OF-FILE>": "end of program",

@@ -4,7 +4,7 @@ Types (per image; the batch axis is implicit):
 
 - ``Tensor``  C×H×W — activations ``A``, gradients ``G``
 - ``Channels`` C — per-channel values: ``mean_hw(G)``, Score-CAM's ``S``, Ablation-CAM's ``D``
-- ``Map``     H×W — a saliency map; Recipro-CAM's ``R``
+- ``Map``     H×W — a saliency map; Recipro-CAM's ``R`` (and ``R1``, its one-hot kernel)
 - ``Scalar``  one number — ``Y``, ``percentile(x, p)``, constants
 
 ``X`` (the input image's grey level) is a Map on the input grid, where ``fuse(..., input)`` puts maps.
@@ -121,7 +121,7 @@ class _Checker:
             if node.kind == "X":  # the input image, on the input grid (where fuse(..., input) puts maps)
                 return Type("Map", "fused:input")
             layer = "@" + node.layer.key() if node.layer is not None else ("@each" if in_each else "@default")
-            return Type("Tensor" if node.kind in "AG" else "Map" if node.kind == "R" else "Channels", layer)
+            return Type("Tensor" if node.kind in ("A", "G") else "Map" if node.kind in ("R", "R1") else "Channels", layer)
         if isinstance(node, (A.BinOp, A.Pow, A.Call)):
             return self.apply(node, in_each)
         if isinstance(node, A.Each):

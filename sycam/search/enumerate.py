@@ -124,22 +124,52 @@ class Enumerator:
         if isinstance(node, A.Var):
             return kids[int(node.name[1:])]
         if isinstance(node, A.Terminal):
+            if node.kind == "X":  # the image (mi's second argument in the search): one Map for every layer
+                if self.probe.X is None:
+                    raise SycamError("the enumerator's probe holds no image X (captures built without sycam.capture.capture)")
+                return self.probe.X
             return getattr(self.probe, node.kind)[self.layer]
         return eval_op(node, lambda a: self._eval(a, kids), _constant)  # type: ignore[arg-type, return-value]
 
     # -------------------------------------------------------------- enumeration
     def _combos(self, prod: Production, size: int):
         """Children (entries) whose sizes add up with the production's own nodes to ``size``."""
+        for gen in self._combo_groups(prod, size):
+            yield from gen
+
+    def _combo_groups(self, prod: Production, size: int):
+        """:meth:`_combos` as one iterator per split of the size among the children."""
         rest = size - prod.own_size
         arity = len(prod.children)
         if arity == 0:
             if rest == 0:
-                yield ()
+                yield iter([()])
             return
         for sizes in _compositions(rest, arity):
             pools = [self.banks[t].get(s, []) for t, s in zip(prod.children, sizes)]
             if all(pools):
-                yield from itertools.product(*pools)
+                yield itertools.product(*pools)
+
+    def _candidates(self, typ: str, size: int):
+        """(production, children) of type ``typ`` and size ``size``: production after production, or
+        with the space's ``interleave`` one of each production and split of the size among its
+        children in turn (so that a full bucket holds some of every production and split, not only
+        of the first ones: ``mi(A, X) * A`` is a product's split 3 + 1, after 2 + 2)."""
+        prods = self.space.by_type(typ)
+        if not self.space.interleave:
+            for prod in prods:
+                for kids in self._combos(prod, size):
+                    yield prod, kids
+            return
+        gens = [(prod, gen) for prod in prods for gen in self._combo_groups(prod, size)]
+        while gens:
+            alive = []
+            for prod, gen in gens:
+                kids = next(gen, None)
+                if kids is not None:
+                    alive.append((prod, gen))
+                    yield prod, kids
+            gens = alive
 
     def _add(self, typ: str, size: int, prod: Production, kids: tuple[_Entry, ...]) -> _Entry | None:
         self.stats.generated += 1
@@ -195,20 +225,19 @@ class Enumerator:
         with torch.no_grad():
             for size in range(1, self.max_size + 1):
                 for typ in (T, C, S, M):
-                    for prod in self.space.by_type(typ):
-                        for kids in self._combos(prod, size):
-                            if len(self.banks[typ].get(size, [])) >= self.bucket:
-                                break
-                            entry = self._add(typ, size, prod, kids)
-                            if entry is None or typ != M:
-                                continue
-                            deriv = Derivation("single", (entry.deriv,))
-                            if self._program(deriv, entry.value):
-                                out.append(deriv)
-                            if size <= self.multi_layer_from and len(maps_for_layers) < self.lifted:
-                                maps_for_layers.append(entry)
-                            if (limit and len(out) >= limit) or (time_limit and time.perf_counter() - start > time_limit):
-                                return self._finish(out, maps_for_layers, importance, start)
+                    for prod, kids in self._candidates(typ, size):
+                        if len(self.banks[typ].get(size, [])) >= self.bucket:
+                            break
+                        entry = self._add(typ, size, prod, kids)
+                        if entry is None or typ != M:
+                            continue
+                        deriv = Derivation("single", (entry.deriv,))
+                        if self._program(deriv, entry.value):
+                            out.append(deriv)
+                        if size <= self.multi_layer_from and len(maps_for_layers) < self.lifted:
+                            maps_for_layers.append(entry)
+                        if (limit and len(out) >= limit) or (time_limit and time.perf_counter() - start > time_limit):
+                            return self._finish(out, maps_for_layers, importance, start)
         return self._finish(out, maps_for_layers, importance, start)
 
     def _importance(self) -> Derivation:

@@ -2,8 +2,11 @@
 
 ``S`` (Score-CAM, Wang et al. 2020: the target's score on the image masked by each upsampled,
 normalised channel) and ``D`` (Ablation-CAM, Desai & Ramaswamy 2020: the score's drop when each
-channel is zeroed) take one extra forward pass per channel of the target layer for every image,
-against one forward and one backward pass for ``A`` and ``G``. A search over a space with them
+channel is zeroed) take one extra forward pass per channel of the target layer for every image;
+``R`` and ``R1`` (Recipro-CAM, Byun & Lee 2022: the score with the layer's output replaced by each
+position's mosaic map, Gaussian and one-hot kernel) run the network after the layer once per
+position of its grid (batched: one forward per image where the feature maps fit); against one
+forward and one backward pass for ``A`` and ``G``. A search over a space with them
 (``--expensive``) pays that on every train, validation and test image, so the run measures it on a
 few train images first and prints it (:func:`expensive_cost`).
 """
@@ -17,7 +20,7 @@ from sycam.capture import CaptureRequest, capture
 
 
 def expensive_cost(bench, terminals: tuple[str, ...], images: int = 4) -> dict[str, float]:
-    """Seconds per image that capturing each of ``terminals`` (``S``, ``D``) at the default layer
+    """Seconds per image that capturing each of ``terminals`` (``S``, ``D``, ``R``, ``R1``) at the default layer
     adds to a plain ``A``/``G`` capture, measured on the first ``images`` images of ``bench``'s
     split (a :class:`~sycam.workbench.Workbench`; the capture cache plays no part)."""
     if not terminals:
@@ -41,7 +44,8 @@ def expensive_cost(bench, terminals: tuple[str, ...], images: int = 4) -> dict[s
     base = seconds(plain)
     out = {}
     for t in terminals:
-        extra = {"S": {"score_cam_layers": frozenset([layer])}, "D": {"ablation_layers": frozenset([layer])}}[t]
+        extra = {"S": {"score_cam_layers": frozenset([layer])}, "D": {"ablation_layers": frozenset([layer])},
+                 "R": {"reciprocal_layers": frozenset([layer])}, "R1": {"reciprocal_onehot_layers": frozenset([layer])}}[t]
         request = CaptureRequest(layers=(layer,), grad_layers=frozenset([layer]), **extra)  # type: ignore[arg-type]
         out[t] = max(0.0, seconds(request) - base) / n
     return out

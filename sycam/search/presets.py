@@ -8,8 +8,9 @@ limit under a budget.
   table declares (map-level ``threshold``/``percentile``/``winsorize``/``rescale``, the guarded
   ``exp``/``log``/``sqrt``, ``sigmoid``, ``tanh``, ``pc1``, ``max``/``min``/``-``, ``norm``,
   ``zscore`` ...) and layer slices and lists besides the named selections — except the expensive
-  terminals ``S`` (Score-CAM) and ``D`` (Ablation-CAM), which need ``--expensive`` (a forward pass
-  per channel of the target layer, per image: their capture cost is measured and printed).
+  terminals ``S`` (Score-CAM), ``D`` (Ablation-CAM), ``R`` and ``R1`` (Recipro-CAM, Gaussian and
+  one-hot kernel), which need ``--expensive`` (a forward pass per channel of the target layer, or
+  per position of its grid, per image: their capture cost is measured and printed).
 
 A space file (``--space my.toml`` or ``my.json``; TOML read with the standard library's
 ``tomllib``) holds one table of these keys, every one optional::
@@ -18,12 +19,13 @@ A space file (``--space my.toml`` or ``my.json``; TOML read with the standard li
     operators = ["relu", "exp", "threshold", "*", "+"]   # replaces the base's operators: every form of each
     add = ["pc1"]                    # production names to add (see `sycam.search.space.PRODUCTIONS`)
     remove = ["layers_max"]          # ... and to remove
-    terminals = ["A", "G"]           # of A, G, S, D (S and D: the expensive ones)
+    terminals = ["A", "G"]           # of A, G, S, D, R, R1 (S, D, R, R1: the expensive ones)
     programs = ["single", "layers_mean", "layers_winsor"]
     selections = ["stages", "-3:", "[-1, -2]"]
     max_size = 8                     # the enumerator's largest Map (AST nodes) ...
     grow = true                      # ... raised with the budget (see max_size_for)
     max_depth = 6                    # the Optuna sampler's deepest derivation
+    interleave = false               # the enumerator takes a type's productions in turns (full: true)
 
 A bad file is a :class:`~sycam.errors.SycamError` naming the file and the line.
 
@@ -54,17 +56,18 @@ SMALL = Space("small", frozenset(["A", "G", "relu_T", "mean_hw", "relu_C", "sum_
                                   "add_MM", "mean_c_S", "single", "layers_mean"]),
               selections=("stages",), max_size=6, grow=False, max_depth=5)
 FULL = Space("full", frozenset(p.name for p in PRODUCTIONS if p.name not in EXPENSIVE),
-             selections=("convs", "stages", "-2:", "-3:", "-4:", "[-1, -3]"), max_size=8)
+             selections=("convs", "stages", "-2:", "-3:", "-4:", "[-1, -3]"), max_size=8, interleave=True)
 PRESETS = {"small": SMALL, "default": DEFAULT, "full": FULL}
-KEYS = ("base", "operators", "add", "remove", "terminals", "programs", "selections", "max_size", "grow", "max_depth")
+KEYS = ("base", "operators", "add", "remove", "terminals", "programs", "selections", "max_size", "grow", "max_depth",
+        "interleave")
 
 
 def with_expensive(space: Space) -> Space:
-    """``space`` with the expensive terminals ``S`` and ``D`` (``--expensive``)."""
+    """``space`` with the expensive terminals ``S``, ``D``, ``R`` and ``R1`` (``--expensive``)."""
     if set(EXPENSIVE) <= set(space.productions):
         return space
     return Space(space.name + "+expensive", space.productions + EXPENSIVE, space.selections, space.max_size,
-                 space.grow, space.max_depth)
+                 space.grow, space.max_depth, space.interleave)
 
 
 def load_space(spec: str, expensive: bool = False) -> Space:
@@ -171,10 +174,13 @@ def _from_file(path: Path) -> Space:
         if not isinstance(value, int) or isinstance(value, bool) or value < lo:
             raise bad(key, f"expected a positive integer, got {value!r}")
         ints[key] = value
-    grow = doc.get("grow", base.grow)
-    if not isinstance(grow, bool):
-        raise bad("grow", f"expected true or false, got {grow!r}")
-    return Space(path.stem, frozenset(chosen), selections, ints["max_size"], grow, ints["max_depth"])
+    flags = {}
+    for key in ("grow", "interleave"):
+        flags[key] = doc.get(key, getattr(base, key))
+        if not isinstance(flags[key], bool):
+            raise bad(key, f"expected true or false, got {flags[key]!r}")
+    return Space(path.stem, frozenset(chosen), selections, ints["max_size"], flags["grow"], ints["max_depth"],
+                 flags["interleave"])
 
 
 __all__ = ["FULL", "PRESETS", "SMALL", "load_space", "max_size_for", "with_expensive"]

@@ -22,6 +22,7 @@ pixels) and every metric that runs the model (deletion, insertion, ...) race on 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Hashable, Mapping, Sequence
@@ -175,6 +176,9 @@ def _gather(batches: Sequence[CachedBatch], order: Sequence[int]) -> CachedBatch
         G={k: take(lambda cb, k=k: cb.caps.G[k]) for k in first.caps.G},
         S={k: take(lambda cb, k=k: cb.caps.S[k]) for k in first.caps.S},
         D={k: take(lambda cb, k=k: cb.caps.D[k]) for k in first.caps.D},
+        R={k: take(lambda cb, k=k: cb.caps.R[k]) for k in first.caps.R},
+        R1={k: take(lambda cb, k=k: cb.caps.R1[k]) for k in first.caps.R1},
+        X=None if first.caps.X is None else take(lambda cb: cb.caps.X),  # (no re-scorer: confidence and gain are not searched)
         Y=take(lambda cb: cb.caps.Y), logits=take(lambda cb: cb.caps.logits), input_size=first.caps.input_size)
     masks = take(lambda cb: cb.batch.masks) if first.batch.masks is not None else None
     batch = Batch(images=take(lambda cb: cb.batch.images), labels=take(lambda cb: cb.batch.labels), masks=masks)
@@ -182,16 +186,14 @@ def _gather(batches: Sequence[CachedBatch], order: Sequence[int]) -> CachedBatch
 
 
 def _head(c: Captures, n: int) -> Captures:
-    cut = lambda d: {k: v[:n] for k, v in d.items()}  # noqa: E731
-    return Captures(A=cut(c.A), G=cut(c.G), S=cut(c.S), D=cut(c.D), Y=c.Y[:n], logits=c.logits[:n], input_size=c.input_size)
+    return c.take(slice(0, n))  # every terminal (R, R1, X) and the re-scorer come along
 
 
 def _view(sub: CachedBatch, i: int, j: int, side: int | None) -> CachedBatch:
     """Images ``i:j`` of ``sub``, finished at ``side``×``side`` (None: the input size)."""
-    cut = lambda d: {k: v[i:j] for k, v in d.items()}  # noqa: E731
     c = sub.caps
     size = c.input_size if side is None else (side, side)
-    caps = Captures(A=cut(c.A), G=cut(c.G), S=cut(c.S), D=cut(c.D), Y=c.Y[i:j], logits=c.logits[i:j], input_size=size)
+    caps = dataclasses.replace(c.take(slice(i, j)), input_size=size)  # with R, R1, X and the re-scorer
     images, masks = sub.batch.images[i:j], sub.batch.masks
     masks = masks[i:j] if masks is not None else None
     if side is not None:

@@ -3,7 +3,8 @@
 Each production builds a piece of AST from typed children. Types are those of the language at
 the current layer: ``T`` Tensor, ``C`` Channels, ``M`` Map, ``S`` Scalar; ``P`` is a whole
 program body. The operators' productions come from the table of operators
-(:data:`sycam.lang.ops.TABLE`, each row's ``search`` forms); the terminals ``A``, ``G`` and the
+(:data:`sycam.lang.ops.TABLE`, each row's ``search`` forms, where ``X`` enters as ``mi``'s fixed
+second argument); the terminals ``A``, ``G`` (and the expensive ``S``, ``D``, ``R``, ``R1``) and the
 whole-program templates are this module's. Multi-layer productions lift a Map (and a Scalar layer importance) over a layer
 selection, as Winsor-CAM and layer averaging do. A program built from productions carries its
 derivation, so it can be replayed as Optuna parameters (for seeding a study).
@@ -112,11 +113,14 @@ def operator_productions() -> list[Production]:
     out: list[Production] = []
     for spec in TABLE.values():
         for form in spec.search:
-            if len(form.consts) != len(spec.const_args) or len(form.args) + len(form.consts) != spec.arity:
+            terms = dict(form.terms)
+            if (len(form.consts) != len(spec.const_args) or len(form.args) + len(form.consts) + len(terms) != spec.arity
+                    or set(terms) & set(spec.const_args) or not all(0 < i < spec.arity for i in terms)):
                 raise ValueError(f"operator {spec.name}: a search form needs {spec.arity - len(spec.const_args)} argument "
-                                 f"kinds and {len(spec.const_args)} constants, got {form}")
+                                 f"kinds or terminals (the first a kind) and {len(spec.const_args)} constants, got {form}")
             kids, consts = iter(range(len(form.args))), iter(form.consts)
-            template = apply_node(spec, tuple(A.Num(float(next(consts))) if i in spec.const_args else _v(next(kids))
+            template = apply_node(spec, tuple(A.Num(float(next(consts))) if i in spec.const_args
+                                              else A.Terminal(terms[i]) if i in terms else _v(next(kids))
                                               for i in range(spec.arity)))
             out.append(Production(spec.production(form), form.result, form.args, template))
     return sorted(out, key=_rank)
@@ -124,8 +128,10 @@ def operator_productions() -> list[Production]:
 
 _TERMINALS = [Production("A", T, (), A.Terminal("A")), Production("G", T, (), A.Terminal("G")),
               # the expensive ones (a forward pass per channel): Score-CAM's channel scores, Ablation-CAM's drops
-              Production("S", C, (), A.Terminal("S")), Production("D", C, (), A.Terminal("D"))]
-EXPENSIVE = ("S", "D")
+              Production("S", C, (), A.Terminal("S")), Production("D", C, (), A.Terminal("D")),
+              # ... and per position of the layer's grid: Recipro-CAM's maps, Gaussian and one-hot kernel
+              Production("R", M, (), A.Terminal("R")), Production("R1", M, (), A.Terminal("R1"))]
+EXPENSIVE = ("S", "D", "R", "R1")
 _PROGRAMS = [
     Production("single", P, (M,), _v(0)),
     Production("layers_mean", P, (M,), A.Fuse(_each(_call("norm", _v(0))), None, "mean"), True),
@@ -157,7 +163,10 @@ class Space:
     multi-layer programs, as program text (``convs``, ``stages``, ``-3:``, ``[-1, -2]``);
     ``max_size``: the enumerator's largest Map expression (AST nodes) when the budget does not raise
     it, and ``grow``: whether it does (:func:`sycam.search.presets.max_size_for`); ``max_depth``:
-    the sampler's.
+    the sampler's; ``interleave``: the enumerator fills each (type, size) bucket taking the type's
+    productions in turns rather than one after another (the full space: with some 25 productions
+    per type the first ones fill a bucket, and the last, e.g. the weighted ``w * A`` of Grad-CAM and
+    MI-CAM, would never get in above the smallest sizes).
     """
 
     name: str
@@ -166,6 +175,7 @@ class Space:
     max_size: int = 8
     grow: bool = True
     max_depth: int = 6
+    interleave: bool = False
 
     def __post_init__(self) -> None:
         names = set(self.productions)
@@ -191,13 +201,14 @@ class Space:
 
     @property
     def expensive(self) -> tuple[str, ...]:
-        """The expensive terminals (``S``, ``D``) the space uses."""
+        """The expensive terminals (``S``, ``D``, ``R``, ``R1``) the space uses."""
         return tuple(t for t in EXPENSIVE if t in self.productions)
 
     def describe(self) -> str:
         counts = ", ".join(f"{t} {len(self.by_type(t))}" for t in (T, C, M, S, P))
         return (f"space {self.name}: {len(self.productions)} productions ({counts}), selections "
-                f"{', '.join(self.selections) or 'none'}, max size {self.max_size}{' (grows with the budget)' if self.grow else ''}")
+                f"{', '.join(self.selections) or 'none'}, max size {self.max_size}{' (grows with the budget)' if self.grow else ''}"
+                f"{', productions interleaved' if self.interleave else ''}")
 
 
 # today's space, production for production (tests/test_ops_table.py pins it)

@@ -146,7 +146,9 @@ def _search_request(bench_resolver, score: A.ScoreSpec, selections: tuple[str, .
     default = frozenset([bench_resolver.default])
     return CaptureRequest(layers=tuple(layers), grad_layers=frozenset(layers), score=score,
                           score_cam_layers=default if "S" in expensive else frozenset(),
-                          ablation_layers=default if "D" in expensive else frozenset())
+                          ablation_layers=default if "D" in expensive else frozenset(),
+                          reciprocal_layers=default if "R" in expensive else frozenset(),
+                          reciprocal_onehot_layers=default if "R1" in expensive else frozenset())
 
 
 
