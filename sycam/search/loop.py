@@ -19,6 +19,9 @@ of :mod:`sycam.search.racing`, and each value it gets is computed once.
   :class:`~optuna.pruners.SuccessiveHalvingPruner` stops the ones outside the best ``1/η``; a trial
   that completes returns its exact value. Multi-objective studies cannot prune (Optuna reports
   intermediate values for one objective only): their trials are scored exactly.
+
+Why one module of ~440 lines: the racer, its journal and the cost probes share the rung bench
+and the claim protocol above; apart, each would re-state it.
 """
 from __future__ import annotations
 
