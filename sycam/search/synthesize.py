@@ -430,7 +430,7 @@ class Synthesis:
                          references_per_image=refs_per_image,
                          row_per_image=refs_per_image / max(1, len(refs)), train=n["train"], val=n["val"],
                          test=n["test"], overlay=min(cfg.batch_size, n["test"]), rows=rows, extra_captures=extra,
-                         suite_per_image=suite_seconds, suite_rows=suite_rows)
+                         hall=cfg.max_size if single else None, suite_per_image=suite_seconds, suite_rows=suite_rows)
 
     # ------------------------------------------------------------------ selection and outputs
     def sanity_bench(self, split: str, request: CaptureRequest) -> SanityBench:
