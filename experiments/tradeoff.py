@@ -22,6 +22,7 @@ import numpy as np
 
 from sycam.workbench import merge_requests
 from sycam.compile import CompiledProgram
+from sycam.errors import SycamError
 from sycam.lang import parse
 from sycam.metrics import get_metric
 from sycam.metrics.stats import bootstrap_ci
@@ -32,7 +33,8 @@ from sycam.viz import heatmap_table
 METRICS = ("iou", "energy_pg", "deletion", "insertion", "robustness")
 REFERENCES = ("gradcam", "gradcampp", "layercam", "hirescam", "xgradcam", "winsorcam", "layeravg",
               "micam", "metacam", "integrative_cam", "reciprocam", "unioncam")
-ALSO = ("consistency", "responsiveness")  # scored for every method, not synthesised for
+# scored for every method, not synthesised for: noise robustness and the two sanity checks the search requires
+ALSO = ("consistency", "responsiveness", "randomisation_top", "class_sensitivity")
 
 
 def main() -> None:
@@ -47,6 +49,8 @@ def main() -> None:
     ap.add_argument("--out", default="experiments/tradeoff")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--also", default=",".join(ALSO), help="metrics only scored, not synthesised for")
+    ap.add_argument("--sanity", default="require", choices=("require", "flag", "off"),
+                    help="the synthesis runs' sanity checks (sycam synthesize --sanity)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -56,12 +60,19 @@ def main() -> None:
     metrics = [get_metric(m) for m in metric_names]
 
     programs: dict[str, tuple[str, dict[str, float]]] = {}
+    missing: dict[str, str] = {}  # metric -> why its synthesis returned no program
     t0 = time.perf_counter()
     for name in searched:
         cfg = SynthConfig(metrics=[name], model=args.model, weights=args.weights, data=args.data, budget=args.budget,
                           seed=args.seed, out=str(out / "runs" / f"synth-{name}"), train_limit=args.train_limit,
-                          val_limit=args.train_limit, test_limit=args.test_limit, references=("gradcam",))
-        result = Synthesis(cfg).run()
+                          val_limit=args.train_limit, test_limit=args.test_limit, references=("gradcam",),
+                          sanity=args.sanity, progress=False)
+        try:
+            result = Synthesis(cfg).run()
+        except SycamError as e:  # e.g. no program passed the sanity checks: said in the table, not a crash
+            missing[name] = str(e)
+            print(f"synthesised for {name}: none ({e})", flush=True)
+            continue
         best = result["best"]
         programs[f"synth[{name}]"] = (best["program"], best["params"])
         print(f"synthesised for {name}: {best['program']}  (val {best['val'][name]:.4f})", flush=True)
@@ -97,11 +108,14 @@ def main() -> None:
         f"# Metric × method trade-off ({args.model} on {args.data}, test split, {args.test_limit} images)\n\n"
         "Mean [95% bootstrap interval]. Each synth[m] row is the program synthesised for metric m "
         f"(a run of {args.budget:.0f} s, search on {args.train_limit} train images).\n\n" + "\n".join(md) + "\n\n"
+        + f"Synthesis runs with `--sanity {args.sanity}`.\n\n"
         + "\n".join(f"- `{k}`: `{programs[k][0].strip().splitlines()[-1]}`" for k in programs if k.startswith("synth"))
+        + "".join(f"\n- `synth[{k}]`: no program ({why})" for k, why in missing.items())
         + f"\n\nTotal time {time.perf_counter() - t0:.0f} s.\n")
     heatmap_table(table, list(programs), [f"{m} {directions[m]}" for m in metric_names], out / "tradeoff.png",
                   title="metric × method (test split)", higher_is_better=[m.higher_is_better for m in metrics])
-    (out / "tradeoff.json").write_text(json.dumps({"rows": rows, "programs": programs}, indent=2))
+    (out / "tradeoff.json").write_text(json.dumps({"rows": rows, "programs": programs, "missing": missing,
+                                                   "sanity": args.sanity, "budget": args.budget}, indent=2))
     print(f"wrote {out / 'tradeoff.md'} and {out / 'tradeoff.png'}")
 
 

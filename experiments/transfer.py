@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--budget", type=float, default=120.0, help="search seconds per metric (default 120)")
     ap.add_argument("--candidates", type=int, default=None, help="instead of --budget: candidates per search (reproducible)")
     ap.add_argument("--runs", default=None, help="reuse finished synthesize folders: metric=DIR,metric=DIR")
-    ap.add_argument("--top", type=int, default=1, help="best programs per run to score (best1..bestN)")
+    ap.add_argument("--top", type=int, default=3, help="best programs per run to score (best1..bestN of its hall of fame)")
     ap.add_argument("--source", default="mobilenet_v2")
     ap.add_argument("--source-weights", default=str(SHARED / "weights" / "mobilenet_v2-b0353104.pth"))
     ap.add_argument("--target", default="efficientnet_lite0")
@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     t_start = time.perf_counter()
     out = Path(args.out)
     (out / "programs").mkdir(parents=True, exist_ok=True)
+    for stale in (out / "programs").glob("synth-*.cam"):  # a previous run's programs: the table lists this run's
+        stale.unlink()
     metrics = [m for m in args.metrics.split(",") if m]
     given = dict(item.split("=", 1) for item in args.runs.split(",")) if args.runs else {}
     unknown = set(given) - set(metrics)
@@ -333,9 +335,10 @@ def write_report(out: Path, args: argparse.Namespace, runs: dict[str, dict[str, 
         md.append(f"- {metric}: {how}, seed {cfg['seed']}, images {sizes}")
     md += ["", "Reproduce (from the repository root; add `--runs iou=DIR,energy_pg=DIR` to reuse searches):", "",
            "```", "python experiments/transfer.py" + (f" --budget {args.budget:g}" if args.budget != 120 else "")
-           + (f" --candidates {args.candidates}" if args.candidates else ""), "```", "",
+           + (f" --candidates {args.candidates}" if args.candidates else "")
+           + (f" --top {args.top}" if args.top != 3 else ""), "```", "",
            "One program by hand, on the target model:", "", "```",
-           f"sycam evaluate --methods {_shown(out)}/programs/synth-{metrics[0]}.cam,gradcam,layercam --model {tgt} "
+           f"sycam evaluate --methods {_shown(out)}/programs/synth-{metrics[0]}{'-1' if args.top > 1 else ''}.cam,gradcam,layercam --model {tgt} "
            "--data folder:../shared/data/imagenet-val-dev --split test --metrics " + ",".join(metrics), "```", "",
            "Time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + f" ({platform.machine()}, "
            f"{torch.get_num_threads()} torch threads, device {args.device or ('cuda' if torch.cuda.is_available() else 'cpu')}, "

@@ -120,7 +120,7 @@ def test_enumerated_values_match_the_compiler():
 
 
 def test_hall_of_fame_shows_the_simplified_form_only_where_it_is_shorter():
-    from sycam.search.synthesize import _simplified
+    from sycam.search.select import simplified_form as _simplified
 
     assert _simplified("sum_c(A + A)") == "sum_c(A)"
     assert _simplified("norm(2 * relu(sum_c(A)))") == "relu(sum_c(A))"

@@ -29,11 +29,18 @@ class FinalCost:
     references' layers (the train captures' time per image, scaled by the ratio of the two
     requests' times on the same probe images); ``references_per_image``: seconds to score every
     reference on one image; ``row_per_image``: seconds to score one searched program exactly on
-    one image (the references' mean, or the race's mean exact score once measured if larger).
+    one image (the references' mean, or the race's mean exact score once measured if larger);
+    ``rows`` go on to validation, at most ``hall`` of them (the front: one per size) on to test.
+
+    With ``--no-worse-than``, ``suite_per_image``: seconds to score one program on one image under
+    the suite's metrics that re-run the model (deletion, insertion), measured on a few train images;
+    ``suite_rows``: how many rows are expected to be checked with them on validation (the lazy
+    Pareto front's, :mod:`sycam.search.select`), plus the best program and the reference on test.
 
     seconds = 1.1 · (capture_per_image · captured + references_per_image · (train + val + test)
-    + row_per_image · rows · (val + test)) + allowance, with ``captured`` = train + val + test
-    + overlay images (+ val again for --no-worse-than) + the validation sanity captures.
+    + row_per_image · (rows · val + hall · test) + suite_per_image · (suite_rows · val + 2 · test))
+    + allowance, with ``captured`` = train + val + test + overlay images (+ val again for
+    --no-worse-than) + the validation sanity captures.
     """
 
     capture_per_image: float
@@ -45,11 +52,15 @@ class FinalCost:
     overlay: int
     rows: int
     extra_captures: int = 0  # sanity and --no-worse-than images
+    hall: int | None = None  # rows scored on test (None: all ``rows``)
+    suite_per_image: float = 0.0  # --no-worse-than: the suite's costly metrics, per row and image
+    suite_rows: int = 0
 
     def seconds(self) -> float:
         captured = self.train + self.val + self.test + self.overlay + self.extra_captures
         work = (self.capture_per_image * captured + self.references_per_image * (self.train + self.val + self.test)
-                + self.row_per_image * self.rows * (self.val + self.test))
+                + self.row_per_image * (self.rows * self.val + min(self.rows, self.hall or self.rows) * self.test)
+                + (self.suite_per_image * (self.suite_rows * self.val + 2 * self.test) if self.suite_rows else 0.0))
         return SAFETY * work + OUTPUTS_ALLOWANCE
 
 

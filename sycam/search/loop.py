@@ -19,6 +19,9 @@ of :mod:`sycam.search.racing`, and each value it gets is computed once.
   :class:`~optuna.pruners.SuccessiveHalvingPruner` stops the ones outside the best ``1/η``; a trial
   that completes returns its exact value. Multi-objective studies cannot prune (Optuna reports
   intermediate values for one objective only): their trials are scored exactly.
+
+Why one module of ~440 lines: the racer, its journal and the cost probes share the rung bench
+and the claim protocol above; apart, each would re-state it.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import optuna
 
 from sycam.capture import CaptureRequest
 from sycam.compile import CompiledProgram
+from sycam.data.base import Batch
 from sycam.errors import ProgramRuntimeError
 from sycam.lang import ast as A
 from sycam.search.claims import Claims
@@ -419,10 +423,23 @@ def probe_costs(train: Workbench, make_bench: Callable[[CaptureRequest, int], Wo
     return ratio, per_image
 
 
+def probe_metric_seconds(train: Workbench, program: CompiledProgram, metrics: Sequence, n: int = 4) -> float:
+    """Seconds per image to score ``program`` with ``metrics`` on the first ``n`` cached train
+    images: what the final phase pays per row and image for metrics that re-run the model
+    (deletion, insertion: hundreds of forwards per image), which no reference's probe covers."""
+    first = train.batches[0]
+    n = min(n, len(first.targets))
+    b = first.batch
+    small = Batch(images=b.images[:n], labels=b.labels[:n], masks=None if b.masks is None else b.masks[:n],
+                  ids=list(b.ids[:n]))
+    return _seconds_to_score([program], train, CachedBatch(small, first.targets[:n], first.caps.take(slice(0, n))),
+                             metrics) / max(1, n)
+
+
 def pruner(eta: int = ETA) -> optuna.pruners.BasePruner:
     """Optuna's successive halving on the rungs: rung k reports at step η^k, so its promotion
     step is ``min_resource · η^k`` with ``min_resource = 1``."""
     return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=eta, min_early_stopping_rate=0)
 
 
-__all__ = ["Journal", "LoopStats", "Racer", "probe_costs", "pruner"]
+__all__ = ["Journal", "LoopStats", "Racer", "probe_costs", "probe_metric_seconds", "pruner"]

@@ -47,10 +47,33 @@ def _sanity_notes(result: dict) -> list[str]:
             lines.append(f"  fails: {r['program'].replace(chr(10), ' ')}   " + ", ".join(
                 f"{c}={fmt(r['sanity'].get(c), 2) or 'undefined (a constant map)'}" for c in CHECKS))
     if result.get("no_worse_than"):
-        worse = [r for r in result.get("rejected", []) if r.get("worse")]
-        lines.append(f"no worse than {result['no_worse_than']} on validation: {len(worse)} programs left out; "
-                     + ("a program was found" if result["hall_of_fame"] else "none was found"))
+        lines += _no_worse_lines(result)
     lines += [f"warning: {w}" for w in result.get("warnings", [])]
+    return lines
+
+
+def _no_worse_lines(result: dict) -> list[str]:
+    """``--no-worse-than REF``: how many programs it left out, and the best one against REF on test
+    under every metric of the suite (paired differences), the headline question answered."""
+    ref = result["no_worse_than"]
+    worse = [r for r in result.get("rejected", []) if r.get("worse")]
+    nw = result.get("no_worse") or {}
+    costly = ", ".join(nw.get("costly", []))
+    lines = [f"no worse than {ref} on validation ({', '.join(nw.get('checked', []))}): {len(worse)} programs left out"
+             + (f"; {nw.get('checked_costly', 0)} of {nw.get('rows', 0)} checked under {costly} (the Pareto front's rows)"
+                if costly else "") + "; " + ("a program was found" if result["hall_of_fame"] else "none was found")]
+    table = nw.get("test")
+    if table:
+        best = result["best"]["name"]
+        lines.append(f"  {best} vs {ref} on test (paired difference, 95% CI):")
+        for metric, v in table.items():
+            arrow = "↑" if v.get("higher_is_better", True) else "↓"
+            lines.append(f"    {metric + ' ' + arrow:<16} {fmt(v['best'], 3):>7} vs {fmt(v['reference'], 3):>7}  "
+                         f"{v['difference']:+.3f} {fmt_ci(v['ci'])}" + ("" if v["better"] else "  (not better)"))
+        verdict = ("better on every one" + (", each interval above 0" if nw.get("surely_better_on_all") else
+                                            " (not every interval excludes 0)")
+                   if nw.get("better_on_all") else "not better on every one")
+        lines.append(f"  {best} against {ref} on all {len(table)}: {verdict}")
     return lines
 
 

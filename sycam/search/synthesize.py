@@ -4,20 +4,20 @@ Search on the train split (enumerator, then Optuna), select on validation, repor
 test split beside the reference programs. Everything a run needs to be reproduced or resumed
 lives in its output folder: the study (SQLite by default), the manifest, the hall of fame.
 
-At ~680 lines this module is over the house's ~400: it holds one run's three phases (search,
-selection, outputs) around one shared state (the model, the data, the captures, the clock). The
-pieces with a job of their own live beside it: the race and the journal in ``search/loop.py`` and
-``racing.py``, the clock in ``budget.py``, workers and claims in ``workers.py`` and ``claims.py``,
-the hall of fame in ``hall.py``, ``report.py`` and ``sanity.py``. Selection and outputs are the next
-to move out (``search/select.py``).
+This module holds the run's state (the model, the data, the captures, the clock) and its search
+phase; the pieces with a job of their own live beside it: the race and the journal in
+``search/loop.py`` and ``racing.py``, the clock in ``budget.py``, workers and claims in
+``workers.py`` and ``claims.py``, selection in ``select.py``, the files written in ``outputs.py``,
+the hall of fame's rules in ``hall.py``, its printout in ``report.py``, the checks in ``sanity.py``.
+Why ~480 lines, above the house's ~400: ``Synthesis.run`` is the search phase as one sequence
+(study, captures, the plan of the budget, enumeration, race, Optuna) over one shared state; cut
+into functions it would pass that state around in a dozen arguments.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
-import platform
 import re
 import sys
 import time
@@ -30,29 +30,28 @@ import torch
 from tqdm.auto import tqdm
 
 from sycam.cache import STATS
-from sycam.workbench import Workbench, mean_score, merge_requests, score_streaming
+from sycam.workbench import Workbench, mean_score
 from sycam.capture import CaptureRequest
 from sycam.compile import CompiledProgram
-from sycam.errors import ProgramRuntimeError, SycamError
+from sycam.errors import SycamError
 from sycam.files import check_writable
 from sycam.lang import ast as A
 from sycam.lang.canon import canonical_hash
-from sycam.lang.parse import grammar_hash, parse
-from sycam.lang.pretty import fmt_number, pretty
-from sycam.lang.simplify import simplified_text, simplify
+from sycam.lang.parse import parse
+from sycam.lang.pretty import pretty
 from sycam.search.budget import Clock, FinalCost
 from sycam.search.claims import Claims
 from sycam.search.enumerate import Enumerator
-from sycam.search.folds import check_folds, cross_validate_selection
-from sycam.search.hall import (MIN_VAL_IMAGES, Row, distinct_structures, fmt, interval, nan_last, paired_difference,
-                               pareto_front)
-from sycam.search.loop import Journal, Racer, probe_costs, pruner
+from sycam.search.folds import check_folds
+from sycam.search.hall import distinct_structures
+from sycam.search.loop import Journal, Racer, probe_costs, probe_metric_seconds, pruner
 from sycam.search.racing import Rung, RungBench, admissible, schedule
 from sycam.search.report import format_front, format_hall  # noqa: F401  (re-exported)
-from sycam.search.sanity import CHECKS, SanityBench, failures, thresholds
+from sycam.search.outputs import write_manifest
+from sycam.search.sanity import CHECKS, SanityBench, thresholds
+from sycam.search.select import Selection, simplified_form as _simplified  # noqa: F401  (re-exported)
 from sycam.search.space import DEFAULT, Derivation, Space, derive, selection_node
-from sycam.search.study import (Candidate, Objective, completed, enqueue, mask_password, open_storage, open_study,
-                                record)
+from sycam.search.study import Candidate, Objective, completed, enqueue, open_storage, open_study, record
 
 NO_WORSE_SUITE = ("iou", "energy_pg", "pointing_game", "deletion", "insertion")
 REFERENCES = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "layeravg", "winsorcam")
@@ -153,18 +152,6 @@ def _search_request(bench_resolver, score: A.ScoreSpec, selections: tuple[str, .
 
 
 
-def _simplified(program: str) -> str:
-    """What the hall of fame shows beside a program: its simplified form (:mod:`sycam.lang.simplify`),
-    written as sympy's canonical form in sycam's syntax where that is shorter, multi-layer programs
-    included; "" where the program is already as short as it gets."""
-    try:
-        given = parse(program)
-        simple = simplify(given)
-        return simplified_text(simple) or (pretty(simple) if simple != given else "")
-    except Exception:  # display only: a form that cannot be rendered is simply not shown
-        return ""
-
-
 class Synthesis:
     """One synthesis run (single or multi-objective)."""
 
@@ -253,7 +240,7 @@ class Synthesis:
         if final is not None and window < 0.25 * cfg.budget:  # say so now, and again under the hall of fame
             note = (f"the search gets {max(window, 0.0):.0f} s of the {cfg.budget:g} s budget: loading and the train "
                     f"captures took {search_start:.0f} s and the final scoring is estimated at {final.seconds():.0f} s"
-                    + (f" (with --no-worse-than, its suite on validation)" if cfg.no_worse_than else "")
+                    + (" (with --no-worse-than, its suite on validation)" if cfg.no_worse_than else "")
                     + "; raise --budget")
             self.notes.append(note)
             print(f"sycam: {note}", file=sys.stderr, flush=True)
@@ -428,45 +415,26 @@ class Synthesis:
         extra = n["val"] if cfg.no_worse_than else 0
         if cfg.sanity != "off":  # the sanity captures of the validation images: trained, each step, other class
             extra += min(cfg.sanity_images, n["val"]) * (len(self.bundle.stage_layers or []) + 3)
-        rows = cfg.pool + cfg.max_size if len(self.metrics) == 1 else max(cfg.pool, 20)
+        single = len(self.metrics) == 1
+        rows = cfg.pool + cfg.max_size if single else max(cfg.pool, 20)
+        suite_seconds, suite_rows = 0.0, 0
+        if cfg.no_worse_than:  # deletion, insertion...: forwards per image and row, measured on a few images
+            from sycam.metrics import get_metric
+            from sycam.search.select import costly
+
+            dear = [m for m in (get_metric(name) for name in cfg.suite) if costly(m) and m.name not in cfg.metrics]
+            if dear:  # any program costs alike under them (the model's forwards dominate): time Grad-CAM's
+                suite_seconds = probe_metric_seconds(train, CompiledProgram(load("gradcam"), train.resolver), dear)
+                # checked: the rows of the successive Pareto fronts (at most one per size), or every row with
+                # --folds or several metrics; then the best and the reference on test
+                suite_rows = (min(rows, cfg.max_size + 2) if single and not cfg.folds else rows)
         return FinalCost(capture_per_image=train_seconds / max(1, n["train"]) * ratio,
                          references_per_image=refs_per_image,
                          row_per_image=refs_per_image / max(1, len(refs)), train=n["train"], val=n["val"],
-                         test=n["test"], overlay=min(cfg.batch_size, n["test"]), rows=rows, extra_captures=extra)
+                         test=n["test"], overlay=min(cfg.batch_size, n["test"]), rows=rows, extra_captures=extra,
+                         hall=cfg.max_size if single else None, suite_per_image=suite_seconds, suite_rows=suite_rows)
 
     # ------------------------------------------------------------------ selection and outputs
-    def _rows_from_trials(self, trials) -> list[Row]:
-        """Hall-of-fame rows, each program simplified (no ``x / x`` or ``x + x`` is ever printed or
-        written to a ``.cam`` file); trials that simplify to the same program are one row (the first:
-        trials come best first)."""
-        rows, seen = [], set()
-        for t in trials:
-            params = {k[len("param:"):]: v for k, v in t.params.items() if k.startswith("param:")}
-            source = t.user_attrs.get("source", t.system_attrs.get("fixed_params") and "queued" or "optuna")
-            simple = simplify(parse(t.user_attrs["program"]))
-            program = pretty(simple)
-            if program in seen:
-                continue
-            seen.add(program)
-            if params:  # show (and later write) the tuned values as the parameters' defaults
-                program = pretty(_with_defaults(simple, params))
-            rows.append(Row(name=f"trial{t.number}", program=program, size=A.size(simple.body),
-                            source=str(source), params=params,
-                            train={m.name: v for m, v in zip(self.metrics, t.values)},
-                            simplified=_simplified(program), structure=str(t.user_attrs.get("canon", ""))))
-        return rows
-
-    def _score_split(self, split: str, request: CaptureRequest, rows: Sequence[Row],
-                     compiled: dict[int, CompiledProgram], metrics=None) -> list[dict[str, torch.Tensor]]:
-        """Per-image values of ``rows`` on ``split`` in one streaming pass; their means go on the rows."""
-        metrics = list(metrics or self.metrics)
-        if not rows:
-            return []
-        values = score_streaming(self.bench(split, request), [(compiled[id(r)], r.params) for r in rows], metrics)
-        for row, v in zip(rows, values):
-            getattr(row, split).update({m.name: mean_score(v[m.name]) for m in metrics})
-        return values
-
     def sanity_bench(self, split: str, request: CaptureRequest) -> SanityBench:
         """Sanity captures of the first ``sanity_images`` images of ``split`` (their own targets)."""
         ds = self.datasets[split]
@@ -477,225 +445,11 @@ class Synthesis:
         return SanityBench(self.bundle, batch.images, targets, request, seed=self.cfg.seed)
 
     def _select_and_report(self, study: optuna.Study, train: Workbench) -> dict:
-        from sycam.programs import load
-
-        cfg = self.cfg
-        primary = self.metrics[0]
-        sign = 1 if primary.higher_is_better else -1
-        single = len(self.metrics) == 1
-        trials = sorted(completed(study), key=lambda t: t.user_attrs["program"])  # ties: by text, not by who came first
-        if cfg.sanity == "require":  # programs that already failed a check on train do not go on
-            trials = [t for t in trials if not t.constraints or max(t.constraints.values()) <= 0]
-        if single:  # distinct structures, each with its best parameters; the best of every size too
-            trials = distinct_structures(trials, key_of=lambda t: t.user_attrs.get("canon") or t.user_attrs["program"],
-                                         value_of=lambda t: t.values[0], size_of=lambda t: int(t.user_attrs["size"]),
-                                         sign=sign, top=cfg.pool)
-        else:
-            trials = study.best_trials[: max(cfg.pool, 20)]
-        rows = self._rows_from_trials(trials)
-        if not rows:
-            raise SycamError("the search scored no valid program; raise --budget")
-        resolver = train.resolver
-        ref_rows = []
-        for name in cfg.references:
-            program = load(name)
-            ref_rows.append(Row(name=name, program=pretty(program), size=A.size(A.inline_lets(program)), source="reference",
-                                params=CompiledProgram(program, resolver).param_values()))
-        everything = rows + ref_rows
-        compiled = {id(r): CompiledProgram(parse(r.program), resolver) for r in everything}
-        request = merge_requests([c.request for c in compiled.values()])
-        # validation and test scores are streamed, one batch of captures at a time (references may
-        # need layers the search did not cache, e.g. every conv). References are not searched, so
-        # they get no train score: a pass over the train split for every conv layer cost minutes
-        val_values = self._score_split("val", request, everything, compiled)
-
-        warnings: list[str] = list(self.notes)
-        n_val = len(self.datasets["val"])
-        if n_val < MIN_VAL_IMAGES:
-            warnings.append(f"the validation split has {n_val} images (< {MIN_VAL_IMAGES}): selecting among {len(rows)} "
-                            "programs on it is noisy; use more data (--val-limit) or --split-seed to see how much it varies")
-        if cfg.sanity != "off":
-            # one sanity bench per distinct capture request, built and freed in turn: the search's
-            # programs share one; a reference over every conv layer (Winsor-CAM) would otherwise
-            # hold three captures of every layer for everyone (gigabytes on MobileNetV2)
-            groups: dict[CaptureRequest, list[Row]] = {}
-            for r in everything:
-                groups.setdefault(compiled[id(r)].request, []).append(r)
-            for group_request, group in groups.items():
-                bench = self.sanity_bench("val", group_request)
-                for r in group:
-                    r.sanity = bench.values(compiled[id(r)], r.params)
-                    r.failed = failures(r.sanity)
-                del bench
-        if cfg.no_worse_than:
-            self._no_worse_than(rows, compiled, request, warnings)
-        eligible = [r for r in rows if not r.worse and (cfg.sanity != "require" or r.passes)]
-        rejected = [r for r in rows if r not in eligible]
-        if not eligible:
-            failing = sum(1 for r in rows if cfg.sanity == "require" and not r.passes)
-            worse = sum(1 for r in rows if r.worse)
-            why = "; ".join(part for part in (
-                f"{failing} failed the sanity checks (--sanity flag shows them)" if failing else "",
-                f"{worse} were worse than {cfg.no_worse_than} on validation on some metric of --suite" if worse else "") if part)
-            raise SycamError(f"none of the {len(rows)} best programs is eligible: {why}; raise --budget")
-        if single:  # the Pareto front of size against validation score, best first
-            hall = pareto_front(eligible, primary.name, sign)
-            hall.sort(key=lambda r: (-sign * nan_last(r.val[primary.name], sign), r.size))
-        else:
-            hall = eligible
-        test_values = self._score_split("test", request, hall + ref_rows, compiled)
-        per_image = {id(r): v for r, v in zip(hall + ref_rows, test_values)}
-        for r in hall + ref_rows:
-            for m in self.metrics:
-                _, lo, hi, _ = interval(per_image[id(r)][m.name], seed=cfg.seed)
-                r.test_ci[m.name] = [lo, hi]
-        for i, row in enumerate(hall):
-            row.name = f"best{i + 1}"
-        best = hall[0]
-        cross_validation = None
-        if cfg.folds and single:  # the selection among every eligible program, cross-validated
-            per_row = {id(r): v for r, v in zip(everything, val_values)}
-            cross_validation = cross_validate_selection(
-                [per_row[id(r)][primary.name].numpy() for r in eligible], [r.program for r in eligible], best.program,
-                cfg.folds, sign, cfg.seed)
-        by_test = lambda r: sign * nan_last(r.test[primary.name], sign)  # noqa: E731
-        best_ref = max(ref_rows, key=by_test) if ref_rows else None
-        passing_refs = [r for r in ref_rows if r.passes]
-        best_passing_ref = max(passing_refs, key=by_test) if passing_refs and cfg.sanity != "off" else None
-        comparisons = {}
-        for label, ref in (("best_reference", best_ref), ("best_sanity_passing_reference", best_passing_ref)):
-            if ref is not None:
-                mean, lo, hi, n = paired_difference(per_image[id(best)][primary.name], per_image[id(ref)][primary.name],
-                                                    seed=cfg.seed)
-                comparisons[label] = {"reference": ref.name, "difference": mean, "ci": [lo, hi], "images": n}
-        overlay_rows = hall[:1] + [r for r in ref_rows if r.name in ("gradcam", "gradcampp", "layercam", "winsorcam")]
-        overlay_request = merge_requests([compiled[id(r)].request for r in overlay_rows])
-        self._write_outputs(hall, ref_rows, Workbench(self.bundle, self.datasets["test"], overlay_request, batch_size=6,
-                                                      targets=cfg.targets, device=self.device, progress=False))
-        return {"metric": primary.name, "sanity": cfg.sanity, "thresholds": thresholds() if cfg.sanity != "off" else {},
-                "best": asdict(best), "best_reference": asdict(best_ref) if best_ref else None,
-                "comparisons": comparisons, "cross_validation": cross_validation, "warnings": warnings, "no_worse_than": cfg.no_worse_than,
-                "hall_of_fame": [asdict(r) for r in hall], "references": [asdict(r) for r in ref_rows],
-                "rejected": [asdict(r) for r in rejected], "failing": [asdict(r) for r in rows if r.failed], "pool": len(rows), "out": str(self.out)}
-
-    def _no_worse_than(self, rows: list[Row], compiled, request: CaptureRequest, warnings: list[str]) -> None:
-        """Mark the rows that are worse than the reference ``no_worse_than`` on validation on some
-        metric of the suite (metrics the data cannot support, e.g. IoU without masks, are skipped)."""
-        from sycam.metrics import get_metric
-        from sycam.programs import load
-
-        cfg = self.cfg
-        ref = Row(name=cfg.no_worse_than, program=pretty(load(cfg.no_worse_than)), size=0, source="reference")
-        compiled[id(ref)] = CompiledProgram(parse(ref.program), self.bench("val", request).resolver)
-        ref.params = compiled[id(ref)].param_values()
-        request = merge_requests([request, compiled[id(ref)].request])
-        suite = [get_metric(m) for m in cfg.suite if m not in {x.name for x in self.metrics}]
-        has_masks = self.datasets["val"][0].mask is not None if len(self.datasets["val"]) else False
-        usable = [m for m in suite if has_masks or "mask" not in m.needs]
-        if len(usable) < len(suite):
-            warnings.append(f"--no-worse-than: {', '.join(m.name for m in suite if m not in usable)} need masks the "
-                            "validation data lack and were not checked")
-        candidates = [r for r in rows if cfg.sanity != "require" or r.passes]
-        self._score_split("val", request, candidates + [ref], compiled, usable)
-        for r in candidates:
-            r.worse = [m.name for m in usable if (1 if m.higher_is_better else -1) * (r.val[m.name] - ref.val[m.name]) < 0]
-        self.no_worse_reference = ref
-
-    def _write_outputs(self, rows: list[Row], refs: list[Row], test: Workbench) -> None:
-        out = self.out
-        names = [m.name for m in self.metrics]
-        for old in out.glob("best*.cam"):
-            old.unlink()
-        for row in rows:
-            header = [f"# {row.name}: synthesized by sycam for {', '.join(names)} (source: {row.source})",
-                      f"# model {self.cfg.model}, data {self.cfg.data}, seed {self.cfg.seed}, study {self.cfg.study_name}",
-                      "# " + "; ".join(f"{split} " + ", ".join(f"{k}={v:.4f}" for k, v in getattr(row, split).items())
-                                       for split in ("train", "val", "test"))]
-            if row.sanity:
-                header.append("# sanity (validation): " + ", ".join(f"{k}={fmt(v, 3)}" for k, v in row.sanity.items())
-                              + ("" if row.passes else f"  FAILS {', '.join(row.failed)}"))
-            program = parse(row.program)
-            if row.params:  # bake tuned parameters in as the defaults
-                program = _with_defaults(program, row.params)
-            (out / f"{row.name}.cam").write_text("\n".join(header) + "\n" + pretty(program) + "\n")
-        all_rows = rows + refs
-        with open(out / "hall_of_fame.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["name", "source", "size"] + [f"{s}_{n}" for s in ("train", "val", "test") for n in names]
-                       + [f"test_{n}_{b}" for n in names for b in ("lo", "hi")] + [f"sanity_{c}" for c in CHECKS]
-                       + ["fails", "params", "program", "simplified"])
-            for r in all_rows:
-                w.writerow([r.name, r.source, r.size] + [fmt(getattr(r, s).get(n)) for s in ("train", "val", "test") for n in names]
-                           + [fmt(v) for n in names for v in r.test_ci.get(n, [math.nan, math.nan])]
-                           + [fmt(r.sanity.get(c)) for c in CHECKS] + [" ".join(r.failed + r.worse)]
-                           + [json.dumps(r.params), r.program.replace("\n", " "), r.simplified])
-        (out / "hall_of_fame.json").write_text(json.dumps({"metrics": names, "rows": [asdict(r) for r in all_rows]}, indent=2))
-        try:
-            from sycam import viz
-
-            if self.history:
-                viz.convergence_plot(self.history, out / "convergence.png")
-            if len(names) > 1:  # trade-off: every scored candidate (train) and the front
-                self._pareto(names, out / "pareto.png")
-            self._overlays(rows[:1] + [r for r in refs if r.name in ("gradcam", "gradcampp", "layercam", "winsorcam")], test)
-        except ImportError:  # pragma: no cover - viz is part of the package
-            pass
-
-    def _pareto(self, names: list[str], path: Path) -> None:
-        from sycam import viz
-
-        storage_url = self.cfg.storage or f"sqlite:///{(self.out / 'study.db').resolve()}"
-        study = optuna.load_study(study_name=self.cfg.study_name, storage=open_storage(storage_url))
-        trials = [t for t in completed(study) if t.values and all(math.isfinite(v) for v in t.values)]
-        if len(trials) < 2:
-            return
-        front_numbers = {t.number for t in study.best_trials}
-        points = [t.values for t in trials]
-        front = [i for i, t in enumerate(trials) if t.number in front_numbers]
-        arrows = ["↑" if m.higher_is_better else "↓" for m in self.metrics]
-        viz.pareto_plot(points, front, [f"{n} {a} (train)" for n, a in zip(names, arrows)], path,
-                        title=f"{len(trials)} programs; Pareto front in red")
-
-    def _overlays(self, rows: list[Row], test: Workbench) -> None:
-        from sycam import viz
-
-        batch, targets, caps = next(iter(test.iter_batches()))  # one batch: no need to keep the split
-        n = min(6, len(targets))
-        maps = {}
-        for r in rows:
-            program = parse(r.program)
-            compiled = test.compile(program)
-            try:
-                maps[r.name] = compiled(caps, r.params)[:n].cpu()
-            except ProgramRuntimeError:
-                continue
-        masks = batch.masks[:n].cpu() if batch.masks is not None else None
-        viz.overlay_grid(batch.images[:n].cpu(), maps, self.out / "overlays.png", masks=masks)
+        """The final phase (:class:`sycam.search.select.Selection`): validation, sanity, test, outputs."""
+        return Selection(self).select_and_report(study, train)
 
     def _write_manifest(self, storage_url: str) -> None:
-        import lark
-        import numpy
-        import sympy
-
-        from sycam import __version__
-
-        manifest = {
-            "command": mask_password(" ".join([Path(sys.argv[0]).name] + sys.argv[1:])),  # never write a password
-            "config": {k: (list(v) if isinstance(v, (list, tuple)) else mask_password(v) if k == "storage" and v else v)
-                       for k, v in asdict(self.cfg).items()},
-            "study": self.cfg.study_name,
-            "storage": re.sub(r"//[^@/]*@", "//***@", storage_url),  # never write a password
-            "grammar_hash": grammar_hash(),
-            "model": {"name": self.bundle.name, "default_layer": self.bundle.default_layer, "stages": self.bundle.stage_layers},
-            "data": {split: {"size": len(ds), "name": getattr(ds, "name", "")} for split, ds in self.datasets.items()},
-            "versions": {"sycam": __version__, "python": platform.python_version(), "torch": torch.__version__,
-                         "optuna": optuna.__version__, "sympy": sympy.__version__, "lark": lark.__version__,
-                         "numpy": numpy.__version__},
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": str(self.device)},
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        (self.out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-
+        write_manifest(self, storage_url)
 
 def peak_rss_mb() -> float | None:
     """This process's peak resident memory in MiB (None where the platform does not say)."""
@@ -728,13 +482,3 @@ def _selections_of(deriv: Derivation) -> set[str]:
     for kid in deriv.kids:
         found |= _selections_of(kid)
     return found
-
-
-def _with_defaults(program: A.Program, params: dict[str, float]) -> A.Program:
-    text = pretty(program)
-    for name, value in params.items():
-        text = re.sub(r"\?" + re.escape(name) + r"(:\[[^\]]*\])?(=[-0-9.e+]+)?",
-                      lambda m: f"?{name}{m.group(1) or ''}={fmt_number(round(value, 4))}", text)
-    return parse(text)
-
-
