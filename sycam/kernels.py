@@ -326,14 +326,23 @@ def rescale(x: Tensor, lo: float, hi: float) -> Tensor:
 def topk_pct(x: Tensor, k: float) -> Tensor:
     """MetaCAM's top-k% vote (Kaczmarek et al., 2023): per image, 1 on the ``n = ceil(k N / 100)``
     largest of its N entries and 0 elsewhere; entries equal to the n-th largest are all kept (ties at
-    the cut); ``n = 0`` gives all zeros."""
+    the cut); ``n = 0`` gives all zeros.
+
+    "Equal" means within ``TIE_RTOL`` of the image's range: maps upsampled from a coarse layer hold
+    many values that are equal in exact arithmetic and differ by a rounding error in float32, and
+    which of them make the cut must not depend on the CPU's summation order."""
     f = _flat(x)
     frac = _check_percent(k, "topk_pct")
     n = min(math.ceil(round(frac * f.shape[1], 9)), f.shape[1])
     if n == 0:
         return torch.zeros_like(x)
     tau = torch.topk(f, n, dim=1).values[:, -1:]
-    return _unflat((f >= tau).to(x.dtype), x)
+    tol = TIE_RTOL * (f.amax(dim=1, keepdim=True) - f.amin(dim=1, keepdim=True))
+    return _unflat((f >= tau - tol).to(x.dtype), x)
+
+
+#: entries of one image within this fraction of its range count as equal at a top-k cut (float32 rounding)
+TIE_RTOL = 1e-5
 
 
 @kernel

@@ -228,7 +228,8 @@ def expected_raw(name: str, w: Weights, x: np.ndarray, t: int) -> np.ndarray:
         for comp in METACAM_COMPONENTS:
             m = finish(expected_raw(comp, w, x, t), size)
             n = int(np.ceil(0.2 * m.size))
-            votes += m >= np.sort(m.ravel())[::-1][n - 1]
+            # ties: within 1e-5 of the map's range of the n-th largest (values equal in exact arithmetic)
+            votes += m >= np.sort(m.ravel())[::-1][n - 1] - 1e-5 * (m.max() - m.min())
         return votes
     if name == "scorecam":
         S = np.zeros(3)
