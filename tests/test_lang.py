@@ -64,6 +64,8 @@ def test_params_and_score():
     ("threshold(sum_c(A), ?t:[5,1])", 1, 22, "empty range"),
     ("sum_c(A) + 1e999", 1, 12, "not finite"),
     ("", 1, 1, "empty program"),
+    ("let R1 = sum_c(A);\nR1", 1, 5, "'R1' is a terminal"),
+    ("let w = mean_hw(G);\nlet G = A;\nsum_c(w * G)", 2, 5, "'G' is a terminal"),
 ])
 def test_syntax_errors_are_located(text, line, column, words):
     with pytest.raises(ProgramSyntaxError) as info:

@@ -22,7 +22,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from sycam.errors import ProgramError, ProgramSyntaxError
 from sycam.lang import ast as A
-from sycam.lang.ops import OPS, SCORE_KINDS
+from sycam.lang.ops import OPS, SCORE_KINDS, TERMINALS
 
 MAX_SOURCE_CHARS = 100_000
 MAX_DEPTH = 200  # deeper trees would exhaust Python's recursion in the checker and compiler
@@ -137,6 +137,8 @@ class _ToAst(Transformer):
         name, value = items
         if str(name) in OPS or str(name) in ("each", "fuse", "let", "score", "use"):
             raise _Located(f"'{name}' is an operator name and cannot be bound", name)
+        if str(name) in TERMINALS:  # its uses would read the terminal, not the binding
+            raise _Located(f"'{name}' is a terminal ({', '.join(TERMINALS)}) and cannot be bound", name)
         return A.Let(str(name), value, _pos(name))
 
     def score_stmt(self, meta, items):

@@ -380,10 +380,15 @@ class Racer:
         return values
 
 
-def _covers(caps, request: CaptureRequest) -> bool:
-    return (all(layer in caps.A for layer in request.layers) and all(layer in caps.G for layer in request.grad_layers)
+def _covers(caps, captured: CaptureRequest, request: CaptureRequest) -> bool:
+    """Can ``caps`` (captured for ``captured``) serve a program that needs ``request``? The same
+    score (gradients of another score are other values), and every terminal of every layer."""
+    return (request.score == captured.score and (caps.rescore is not None or not request.rescore)
+            and all(layer in caps.A for layer in request.layers) and all(layer in caps.G for layer in request.grad_layers)
             and all(layer in caps.S for layer in request.score_cam_layers)
-            and all(layer in caps.D for layer in request.ablation_layers))
+            and all(layer in caps.D for layer in request.ablation_layers)
+            and all(layer in caps.R for layer in request.reciprocal_layers)
+            and all(layer in caps.R1 for layer in request.reciprocal_onehot_layers))
 
 
 def _seconds_to_score(programs: Sequence[CompiledProgram], bench: Workbench, cb: CachedBatch, metrics) -> float:
@@ -406,7 +411,7 @@ def probe_costs(train: Workbench, make_bench: Callable[[CaptureRequest, int], Wo
     image to score every reference with ``metrics``. References the train captures serve are timed
     on the first cached train batch; the others on ``n`` train images captured for the union
     (per image, a small batch costs more: an overestimate)."""
-    covered = [c for c in references if _covers(train.batches[0].caps, c.request)]
+    covered = [c for c in references if _covers(train.batches[0].caps, train.request, c.request)]
     others = [c for c in references if c not in covered]
     first = train.batches[0]
     per_image = _seconds_to_score(covered, train, first, metrics) / len(first.targets)
