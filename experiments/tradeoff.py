@@ -83,11 +83,15 @@ def main() -> None:
                                   out=str(out / "runs" / "eval"), test_limit=args.test_limit))
     resolver = _resolver(synth)
     compiled = {k: CompiledProgram(parse(text), resolver) for k, (text, _) in programs.items()}
-    bench = synth.bench("test", merge_requests([c.request for c in compiled.values()]))
+    # one bench per explained score (Recipro-CAM explains softmax probabilities; a capture holds one score)
+    by_score: dict = {}
+    for c in compiled.values():
+        by_score.setdefault(c.request.score, []).append(c.request)
+    benches = {score: synth.bench("test", merge_requests(reqs)) for score, reqs in by_score.items()}
     table = np.full((len(programs), len(metrics)), np.nan)
     rows = []
     for i, (name, prog) in enumerate(compiled.items()):
-        values = bench.score(prog, metrics, programs[name][1] or None)
+        values = benches[prog.request.score].score(prog, metrics, programs[name][1] or None)
         row = {"method": name, "program": programs[name][0].strip().splitlines()[-1]}
         for j, m in enumerate(metrics):
             mean, lo, hi, n = bootstrap_ci(values[m.name])

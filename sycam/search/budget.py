@@ -56,12 +56,20 @@ class FinalCost:
     suite_per_image: float = 0.0  # --no-worse-than: the suite's costly metrics, per row and image
     suite_rows: int = 0
 
-    def seconds(self) -> float:
+    def parts(self) -> dict[str, float]:
+        """The estimate's terms in seconds (before the safety margin): what the printout names."""
         captured = self.train + self.val + self.test + self.overlay + self.extra_captures
-        work = (self.capture_per_image * captured + self.references_per_image * (self.train + self.val + self.test)
-                + self.row_per_image * (self.rows * self.val + min(self.rows, self.hall or self.rows) * self.test)
-                + (self.suite_per_image * (self.suite_rows * self.val + 2 * self.test) if self.suite_rows else 0.0))
-        return SAFETY * work + OUTPUTS_ALLOWANCE
+        return {"captures": self.capture_per_image * captured,
+                "references": self.references_per_image * (self.train + self.val + self.test),
+                "programs": self.row_per_image * (self.rows * self.val + min(self.rows, self.hall or self.rows) * self.test),
+                "suite": self.suite_per_image * (self.suite_rows * self.val + 2 * self.test) if self.suite_rows else 0.0}
+
+    def seconds(self) -> float:
+        return SAFETY * sum(self.parts().values()) + OUTPUTS_ALLOWANCE
+
+    def describe(self) -> str:
+        """e.g. "captures 410 s, references 230 s, programs 80 s, suite 600 s": the terms that are not 0."""
+        return ", ".join(f"{k} {v:.0f} s" for k, v in self.parts().items() if v >= 0.5)
 
 
 class Clock:

@@ -239,9 +239,9 @@ class Synthesis:
         window = clock.left() - (final.seconds() if final else 0.0)
         if final is not None and window < 0.25 * cfg.budget:  # say so now, and again under the hall of fame
             note = (f"the search gets {max(window, 0.0):.0f} s of the {cfg.budget:g} s budget: loading and the train "
-                    f"captures took {search_start:.0f} s and the final scoring is estimated at {final.seconds():.0f} s"
-                    + (" (with --no-worse-than, its suite on validation)" if cfg.no_worse_than else "")
-                    + "; raise --budget")
+                    f"captures took {search_start:.0f} s and the final scoring is estimated at {final.seconds():.0f} s "
+                    f"({final.describe()}" + ("; suite: --no-worse-than's costly metrics on validation" if cfg.no_worse_than
+                                              else "") + "); raise --budget")
             self.notes.append(note)
             print(f"sycam: {note}", file=sys.stderr, flush=True)
         # the search's window: the enumerator, then its programs' race until 70% of it, then Optuna.
@@ -427,7 +427,8 @@ class Synthesis:
                 suite_seconds = probe_metric_seconds(train, CompiledProgram(load("gradcam"), train.resolver), dear)
                 # checked: the rows of the successive Pareto fronts (at most one per size), or every row with
                 # --folds or several metrics; then the best and the reference on test
-                suite_rows = (min(rows, cfg.max_size + 2) if single and not cfg.folds else rows)
+                # (real runs' fronts held 2-3 rows; each row found worse brings the next one forward)
+                suite_rows = (min(rows, 3 + cfg.max_size // 4) if single and not cfg.folds else rows)
         return FinalCost(capture_per_image=train_seconds / max(1, n["train"]) * ratio,
                          references_per_image=refs_per_image,
                          row_per_image=refs_per_image / max(1, len(refs)), train=n["train"], val=n["val"],
