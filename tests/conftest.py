@@ -40,3 +40,14 @@ def imagenet_dev() -> Path:
 @pytest.fixture
 def coco128() -> Path:
     return need(COCO128)
+
+
+@pytest.fixture(scope="session")
+def single_worker_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One worker's run of ``workers_helpers.SMALL --candidates 45`` (SQLite): its folder and printout,
+    the reference the multi-worker tests (SQLite and PostgreSQL) compare with. Computed once: both
+    read it only, and the command and its result are the same for both."""
+    from workers_helpers import SMALL, cli, finish
+
+    out = tmp_path_factory.mktemp("single-worker") / "single"
+    return out, finish(cli([*SMALL, "--candidates", "45", "--out", str(out)]))

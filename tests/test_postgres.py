@@ -46,12 +46,12 @@ def study(pg_url):
     engine.dispose()
 
 
-def test_three_workers_on_postgresql_one_killed_and_restarted(tmp_path, pg_url, study):
+def test_three_workers_on_postgresql_one_killed_and_restarted(tmp_path, pg_url, study, single_worker_run):
     import sqlalchemy as sa
 
     from sycam.search.study import _with_driver
 
-    finish(cli([*SMALL, "--candidates", "45", "--out", str(tmp_path / "single")]))  # SQLite, one worker
+    single_dir, _ = single_worker_run  # SQLite, one worker (conftest.py: shared with tests/test_workers.py)
     multi = tmp_path / "multi"
     proc = cli([*SMALL, "--candidates", "45", "--out", str(multi), "--workers", "3", "--storage", pg_url, "--study", study],
                cache=tmp_path / "cache")
@@ -59,7 +59,7 @@ def test_three_workers_on_postgresql_one_killed_and_restarted(tmp_path, pg_url, 
     out = finish(proc)
     assert out.count("Hall of fame") == 1, out
     assert pg_url.split("@")[0].split(":")[-1] not in out  # the password is never printed
-    check_shared_run(tmp_path / "single", multi, n_workers=3, restarts=1)
+    check_shared_run(single_dir, multi, n_workers=3, restarts=1)
     engine = sa.create_engine(_with_driver(pg_url))
     with engine.begin() as con:
         states = dict(con.execute(sa.text("SELECT t.state, COUNT(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "

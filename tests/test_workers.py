@@ -10,10 +10,10 @@ from workers_helpers import SMALL, check_shared_run, cli, finish, journal_rows, 
 
 
 @pytest.mark.slow
-def test_workers_share_a_study_and_a_killed_one_resumes(tmp_path):
+def test_workers_share_a_study_and_a_killed_one_resumes(tmp_path, single_worker_run):
     """Three workers, one SIGKILLed mid-run and restarted by the parent: every enumerated candidate
     scored exactly once, and the hall of fame of a single worker with the same --candidates."""
-    single = finish(cli([*SMALL, "--candidates", "45", "--out", str(tmp_path / "single")]))
+    single_dir, single = single_worker_run  # (conftest.py: shared with tests/test_postgres.py)
     assert "Hall of fame" in single
     multi = tmp_path / "multi"
     proc = cli([*SMALL, "--candidates", "45", "--out", str(multi), "--workers", "3", "--study", "shared"],
@@ -21,7 +21,7 @@ def test_workers_share_a_study_and_a_killed_one_resumes(tmp_path):
     kill_a_worker(proc, multi, after_lines=3)
     out = finish(proc)
     assert out.count("Hall of fame") == 1, out  # printed once, by the parent
-    check_shared_run(tmp_path / "single", multi, n_workers=3, restarts=1)
+    check_shared_run(single_dir, multi, n_workers=3, restarts=1)
     con = sqlite3.connect(multi / "study.db")
     try:
         states = dict(con.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
