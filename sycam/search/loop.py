@@ -37,12 +37,11 @@ import optuna
 
 from sycam.capture import CaptureRequest
 from sycam.compile import CompiledProgram
-from sycam.data.base import Batch
 from sycam.errors import ProgramRuntimeError
 from sycam.lang import ast as A
 from sycam.search.claims import Claims
 from sycam.search.enumerate import map_key
-from sycam.search.racing import ETA, RungBench, promote
+from sycam.search.racing import ETA, RungBench, _view, promote
 from sycam.search.study import Candidate
 from sycam.workbench import CachedBatch, Workbench, merge_requests
 
@@ -434,11 +433,7 @@ def probe_metric_seconds(train: Workbench, program: CompiledProgram, metrics: Se
     (deletion, insertion: hundreds of forwards per image), which no reference's probe covers."""
     first = train.batches[0]
     n = min(n, len(first.targets))
-    b = first.batch
-    small = Batch(images=b.images[:n], labels=b.labels[:n], masks=None if b.masks is None else b.masks[:n],
-                  ids=list(b.ids[:n]))
-    return _seconds_to_score([program], train, CachedBatch(small, first.targets[:n], first.caps.take(slice(0, n))),
-                             metrics) / max(1, n)
+    return _seconds_to_score([program], train, _view(first, 0, n, None), metrics) / max(1, n)
 
 
 def pruner(eta: int = ETA) -> optuna.pruners.BasePruner:

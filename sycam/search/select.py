@@ -227,7 +227,8 @@ class Selection:
             cross_validation = cross_validate_selection(
                 [per_row[id(r)][primary.name].numpy() for r in eligible_all], [r.program for r in eligible_all],
                 best.program, cfg.folds, sign, cfg.seed)
-        comparisons = self._comparisons(best, ref_rows, per_image)
+        best_ref = max(ref_rows, key=self._by_test) if ref_rows else None
+        comparisons = self._comparisons(best, best_ref, ref_rows, per_image)
         if self.no_worse_ref is not None:
             self._suite_on_test(best, compiled)
         from sycam.search.outputs import write_outputs
@@ -237,7 +238,7 @@ class Selection:
         write_outputs(run, hall, ref_rows, Workbench(run.bundle, run.datasets["test"], overlay_request, batch_size=6,
                                                      targets=cfg.targets, device=run.device, progress=False))
         return {"metric": primary.name, "sanity": cfg.sanity, "thresholds": thresholds() if cfg.sanity != "off" else {},
-                "best": asdict(best), "best_reference": asdict(max(ref_rows, key=self._by_test)) if ref_rows else None,
+                "best": asdict(best), "best_reference": asdict(best_ref) if best_ref else None,
                 "comparisons": comparisons, "cross_validation": cross_validation, "warnings": warnings,
                 "no_worse_than": cfg.no_worse_than, "no_worse": self.no_worse,
                 "hall_of_fame": [asdict(r) for r in hall], "references": [asdict(r) for r in ref_rows],
@@ -247,11 +248,10 @@ class Selection:
     def _by_test(self, r: Row) -> float:
         return self.sign * nan_last(r.test[self.metrics[0].name], self.sign)
 
-    def _comparisons(self, best: Row, ref_rows: list[Row], per_image: dict) -> dict:
+    def _comparisons(self, best: Row, best_ref: Row | None, ref_rows: list[Row], per_image: dict) -> dict:
         """The best program's paired difference on test against the best reference, and against the
         best reference that passes the sanity checks."""
         primary = self.metrics[0]
-        best_ref = max(ref_rows, key=self._by_test) if ref_rows else None
         passing = [r for r in ref_rows if r.passes]
         best_passing = max(passing, key=self._by_test) if passing and self.cfg.sanity != "off" else None
         out = {}
