@@ -157,7 +157,10 @@ def probe_main(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         raise ValueError(f"memprobe: unknown task {task!r}; expected 'explain' or 'scale'")
     out["rss_start_mb"] = start
-    out["rss_peak_mb"] = peak_rss_mb()
+    # VmHWM is updated lazily by the kernel (memory returned with madvise does not raise it first), so
+    # it can read below an RSS sampled during the run: the peak is at least every RSS observed
+    observed = [out["rss_before_mb"]] + [r for _, r in out.get("rss_trace", [])]
+    out["rss_peak_mb"] = max([peak_rss_mb()] + observed)
     out["rss_delta_mb"] = out["rss_peak_mb"] - out["rss_before_mb"]
     if device.type == "cuda":
         out["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
