@@ -165,7 +165,24 @@ def reduce_c(kind: str, x: Tensor) -> Tensor:
         return x.sum(1)
     if kind == "mean":
         return x.mean(1)
-    return x.amax(1)
+    return max_dim1(x)
+
+
+def max_dim1(x: Tensor) -> Tensor:
+    """``x.amax(1)``, computed as a tree of elementwise maxima of halves (equal values, NaN
+    propagating alike). Why: torch's max-reduction over a strided axis is about 10x slower than
+    its sum; on MobileNetV2's (16, 1280, 7, 7) captures the halving takes 0.29 ms, ``amax(1)``
+    0.97 ms (one thread), and ``max_c`` is among the search's most sampled reductions."""
+    if x.shape[1] == 0 or x.dim() < 2:
+        return x.amax(1)
+    while x.shape[1] > 1:
+        n = x.shape[1]
+        half = n // 2
+        m = torch.maximum(x[:, :half], x[:, half:2 * half])  # a new tensor: the in-place step below is safe
+        if n % 2:
+            m[:, :1] = torch.maximum(m[:, :1], x[:, n - 1:])
+        x = m
+    return x[:, 0]
 
 
 @kernel

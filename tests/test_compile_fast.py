@@ -19,6 +19,17 @@ def test_weighted_sum_c_is_the_sum_of_products() -> None:
     assert torch.allclose(K.weighted_sum_c(w, cl), (w[:, :, None, None] * x).sum(1), atol=1e-12)
 
 
+def test_max_over_channels_by_halving_equals_amax() -> None:
+    g = torch.Generator().manual_seed(0)
+    for shape in [(3, 1, 4, 4), (2, 5, 3, 3), (2, 1280, 7, 7), (2, 7), (2, 1), (3, 33, 2, 2)]:
+        x = torch.randn(*shape, generator=g)
+        assert torch.equal(K.max_dim1(x), x.amax(1)), shape
+    x = torch.randn(2, 9, 3, 3, generator=g)
+    x[0, 4, 1, 1], x[1, 8, 0, 0] = float("nan"), float("inf")  # NaN propagates, inf wins, as in amax
+    assert torch.equal(K.max_dim1(x).isnan(), x.amax(1).isnan())
+    assert torch.allclose(K.max_dim1(x), x.amax(1), equal_nan=True)
+
+
 def _caps() -> tuple[Captures, LayerResolver]:
     torch.manual_seed(1)
     A = {"relu1": torch.randn(2, 5, 8, 8, dtype=torch.float64), "relu2": torch.randn(2, 4, 4, 4, dtype=torch.float64)}
