@@ -236,11 +236,20 @@ def _unflat(y: Tensor, like: Tensor) -> Tensor:
     return y.reshape(like.shape)
 
 
+#: a map whose range is below this fraction of its largest magnitude is constant: float noise, not
+#: signal. Why 1e-4 and not float32's eps: a reduction over C channels rounds differently at each
+#: position (vectorised sums), so a spatially constant map comes out with a relative range of up
+#: to ~C·eps; MobileNetV2's gradient-only maps (``mean_c(G)`` at its last block, where G = w/49
+#: everywhere) measured 7e-8 to 1.5e-6, doubled by every squaring. Under the old 1e-6 such a map
+#: was normalised to [0, 1] noise, which ranks at random and so "passed" both sanity checks.
+FLAT_RTOL = 1e-4
+
+
 @kernel
 def norm(x: Tensor) -> Tensor:
     """Min-max to [0, 1] per image: ``(x - min) / (max - min)``; a constant image gives 0.
 
-    A range below 1e-6 of the largest magnitude counts as constant (float noise, not signal).
+    A range below :data:`FLAT_RTOL` of the largest magnitude counts as constant (float noise).
     Two full passes (the search normalises every candidate map at image size): the constant
     images divide by +inf, which gives exactly 0.
     """
@@ -251,7 +260,7 @@ def norm(x: Tensor) -> Tensor:
     if not bool((scale < 1e37).all()):  # hi - lo could overflow: divide by the magnitude first
         return _norm_scaled(x)
     rng = hi - lo
-    rng = torch.where(rng > 1e-6 * scale, rng, torch.full_like(rng, float("inf")))
+    rng = torch.where(rng > FLAT_RTOL * scale, rng, torch.full_like(rng, float("inf")))
     return _unflat((f - lo).div_(rng), x)
 
 
@@ -263,7 +272,7 @@ def _norm_scaled(x: Tensor) -> Tensor:
     lo = f.amin(1, keepdim=True)
     hi = f.amax(1, keepdim=True)
     rng = hi - lo
-    ok = rng > 1e-6
+    ok = rng > FLAT_RTOL
     out = torch.where(ok, (f - lo) / torch.where(ok, rng, torch.ones_like(rng)), torch.zeros_like(f))
     return _unflat(out, x)
 
@@ -274,7 +283,7 @@ def zscore(x: Tensor) -> Tensor:
     f = _flat(x)
     mu = f.mean(1, keepdim=True)
     sd = f.std(1, unbiased=False, keepdim=True) if f.shape[1] > 0 else torch.zeros_like(mu)
-    ok = sd > 1e-6 * (f.abs().amax(1, keepdim=True))
+    ok = sd > FLAT_RTOL * (f.abs().amax(1, keepdim=True))
     out = torch.where(ok, (f - mu) / torch.where(ok, sd, torch.ones_like(sd)), torch.zeros_like(f))
     return _unflat(out, x)
 
@@ -333,7 +342,7 @@ def rescale(x: Tensor, lo: float, hi: float) -> Tensor:
     mn = torch.where(pos, f, inf).amin(1, keepdim=True)
     mx = torch.where(pos, f, -inf).amax(1, keepdim=True)
     rng = mx - mn
-    ok = torch.isfinite(rng) & (rng > 1e-6 * mx.abs())
+    ok = torch.isfinite(rng) & (rng > FLAT_RTOL * mx.abs())
     scaled = lo + (f - mn) / torch.where(ok, rng, torch.ones_like(rng)) * (hi - lo)
     out = torch.where(ok, scaled, torch.full_like(f, hi))
     return _unflat(torch.where(pos, out, torch.zeros_like(f)), x)

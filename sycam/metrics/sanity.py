@@ -60,6 +60,17 @@ def average_ranks(x: Tensor) -> Tensor:
     return torch.empty_like(avg).scatter_(1, order, avg)
 
 
+def spearman_inputs(a: Tensor, b: Tensor) -> None:
+    """Raise :class:`MetricError` unless ``a`` and ``b`` are finite (B, H, W) maps of one shape on one device."""
+    if not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.shape != b.shape or a.dim() != 3:
+        got = [tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in (a, b)]
+        raise MetricError(f"spearman: expected two (B, H, W) tensors of one shape, got {got[0]} and {got[1]}")
+    if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+        raise MetricError("spearman: maps contain NaN or Inf")
+    if a.device != b.device:
+        raise MetricError(f"spearman: maps on different devices ({a.device}, {b.device})")
+
+
 def spearman(a: Tensor, b: Tensor) -> Tensor:
     """Spearman rank correlation of paired maps (B, H, W) × (B, H, W) → (B,) float32.
 
@@ -70,37 +81,44 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     and Quantus' default for the randomisation test. Ranked at FULL resolution (every pixel; no
     reduced grid), sums in float64. NaN where either map is constant (no ranking to correlate).
     """
-    if not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.shape != b.shape or a.dim() != 3:
-        got = [tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in (a, b)]
-        raise MetricError(f"spearman: expected two (B, H, W) tensors of one shape, got {got[0]} and {got[1]}")
-    if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
-        raise MetricError("spearman: maps contain NaN or Inf")
-    if a.device != b.device:
-        raise MetricError(f"spearman: maps on different devices ({a.device}, {b.device})")
-    n = a.shape[1] * a.shape[2]
-    ra = average_ranks(a.reshape(a.shape[0], n)) - (n + 1) / 2
-    rb = average_ranks(b.reshape(b.shape[0], n)) - (n + 1) / 2
+    spearman_inputs(a, b)
+    return _rho(centred_ranks(a), centred_ranks(b))
+
+
+def centred_ranks(maps: Tensor) -> Tensor:
+    """Average ranks of each map's pixels (B, H, W) → (B, H·W) float64, minus their mean (N + 1)/2:
+    what :func:`spearman` correlates. Computed once per map where one map is compared with several
+    (a sanity bench compares each program's map with two others)."""
+    n = maps.shape[1] * maps.shape[2]
+    return average_ranks(maps.reshape(maps.shape[0], n)) - (n + 1) / 2
+
+
+def _rho(ra: Tensor, rb: Tensor) -> Tensor:
     va, vb = ra.square().sum(1), rb.square().sum(1)
     rho = ((ra * rb).sum(1) / (va * vb).sqrt()).clamp(-1, 1)
     rho = torch.where((va == 0) | (vb == 0), torch.full_like(rho, float("nan")), rho)
     return rho.float()
 
 
-def similarity(ref: Tensor, other: Tensor) -> Tensor:
+def similarity(ref: Tensor, other: Tensor, ref_ranks: Tensor | None = None) -> Tensor:
     """Class sensitivity's similarity of a map ``ref`` and the map ``other`` for another class: (B,).
 
     :func:`spearman`, except where ``other`` is constant and ``ref`` is not: 0 there (a constant
     map ranks nothing, so it keeps none of ``ref``'s ranking; the convention of
     :func:`sycam.metrics.robustness.pearson_maps`). NaN where ``ref`` is constant (a map that points
-    nowhere has no ranking to keep or lose).
+    nowhere has no ranking to keep or lose). ``ref_ranks``: :func:`centred_ranks` of ``ref``, when
+    already computed (the same values; ``ref`` and ``other`` are validated as by :func:`spearman`).
     """
-    rho = spearman(ref, other)
+    if ref_ranks is None:
+        rho = spearman(ref, other)
+    else:
+        spearman_inputs(ref, other)
+        rho = _rho(ref_ranks, centred_ranks(other))
     flat_r, flat_o = ref.flatten(1), other.flatten(1)
     const_r = flat_r.amax(1) == flat_r.amin(1)
     const_o = flat_o.amax(1) == flat_o.amin(1)
     rho = torch.where(const_o & ~const_r, torch.zeros_like(rho), rho)
     return torch.where(const_r, torch.full_like(rho, float("nan")), rho)
-
 
 
 class ModelRandomisation(Metric):

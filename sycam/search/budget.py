@@ -26,21 +26,27 @@ class FinalCost:
     """What the final phase will cost, from measurements taken after the train captures.
 
     ``capture_per_image``: seconds to capture one image for the union of the search's and the
-    references' layers (the train captures' time per image, scaled by the ratio of the two
-    requests' times on the same probe images); ``references_per_image``: seconds to score every
-    reference on one image; ``row_per_image``: seconds to score one searched program exactly on
-    one image (the references' mean, or the race's mean exact score once measured if larger);
-    ``rows`` go on to validation, at most ``hall`` of them (the front: one per size) on to test.
+    references' requests, timed on a few train images with the capture cache off;
+    ``references_per_image``: seconds to score every reference on one image; ``row_per_image``:
+    seconds to score one searched program exactly on one image (the references' mean, or the
+    race's mean exact score once measured if larger); ``rows`` go on to validation, at most
+    ``hall`` of them (the front: one per size) on to test. The final phase captures validation
+    and test (and the overlay images) for that union; the train split is not captured again (the
+    race scored the searched programs there; references get no train score).
+
+    ``sanity_seconds``: the sanity benches' captures (:class:`sycam.search.sanity.SanityBench`:
+    the trained model, its head-randomised copy and another class, on the first validation
+    images; one bench per distinct capture request), priced per request from the same probes.
+    ``extra_captures``: images captured again for the union (--no-worse-than's validation pass).
 
     With ``--no-worse-than``, ``suite_per_image``: seconds to score one program on one image under
     the suite's metrics that re-run the model (deletion, insertion), measured on a few train images;
     ``suite_rows``: how many rows are expected to be checked with them on validation (the lazy
     Pareto front's, :mod:`sycam.search.select`), plus the best program and the reference on test.
 
-    seconds = 1.1 · (capture_per_image · captured + references_per_image · (train + val + test)
-    + row_per_image · (rows · val + hall · test) + suite_per_image · (suite_rows · val + 2 · test))
-    + allowance, with ``captured`` = train + val + test + overlay images (+ val again for
-    --no-worse-than) + the validation sanity captures.
+    seconds = 1.1 · (capture_per_image · (val + test + overlay + extra) + sanity_seconds
+    + references_per_image · (val + test) + row_per_image · (rows · val + hall · test)
+    + suite_per_image · (suite_rows · val + 2 · test)) + allowance.
     """
 
     capture_per_image: float
@@ -51,16 +57,18 @@ class FinalCost:
     test: int
     overlay: int
     rows: int
-    extra_captures: int = 0  # sanity and --no-worse-than images
+    extra_captures: int = 0  # --no-worse-than's images
     hall: int | None = None  # rows scored on test (None: all ``rows``)
     suite_per_image: float = 0.0  # --no-worse-than: the suite's costly metrics, per row and image
     suite_rows: int = 0
+    sanity_seconds: float = 0.0
 
     def parts(self) -> dict[str, float]:
         """The estimate's terms in seconds (before the safety margin): what the printout names."""
-        captured = self.train + self.val + self.test + self.overlay + self.extra_captures
+        captured = self.val + self.test + self.overlay + self.extra_captures
         return {"captures": self.capture_per_image * captured,
-                "references": self.references_per_image * (self.train + self.val + self.test),
+                "sanity": self.sanity_seconds,
+                "references": self.references_per_image * (self.val + self.test),
                 "programs": self.row_per_image * (self.rows * self.val + min(self.rows, self.hall or self.rows) * self.test),
                 "suite": self.suite_per_image * (self.suite_rows * self.val + 2 * self.test) if self.suite_rows else 0.0}
 

@@ -403,28 +403,45 @@ def _seconds_to_score(programs: Sequence[CompiledProgram], bench: Workbench, cb:
     return time.perf_counter() - t0
 
 
+@dataclass(frozen=True)
+class CaptureCosts:
+    """Seconds per image, measured by :func:`probe_costs` with the capture cache off.
+
+    ``search``: capturing the search's request (the train captures'); ``union``: the union of it
+    and every reference's request (what validation and test capture); ``references``: scoring
+    every reference; ``uncovered``: how many distinct reference requests the train captures do
+    not serve (each is one more sanity bench of the union's cost, at most)."""
+
+    search: float
+    union: float
+    references: float
+    groups_covered: int
+    groups_uncovered: int
+
+
 def probe_costs(train: Workbench, make_bench: Callable[[CaptureRequest, int], Workbench],
-                references: Sequence[CompiledProgram], metrics: Sequence, n: int = 8) -> tuple[float, float]:
-    """For the final phase's plan: (capture time for the union of the train request and the
-    references' requests) / (time for the train request alone), at least 1, and the seconds per
-    image to score every reference with ``metrics``. References the train captures serve are timed
-    on the first cached train batch; the others on ``n`` train images captured for the union
-    (per image, a small batch costs more: an overestimate)."""
+                references: Sequence[CompiledProgram], metrics: Sequence, n: int = 8) -> CaptureCosts:
+    """For the final phase's plan: what capturing and scoring cost per image. Captures are timed
+    on ``n`` train images with a fresh bench from ``make_bench`` (which must not read the capture
+    cache: a cached probe would time a disk read, not the capture the other splits will pay; per
+    image, a small batch costs more than the run's batches: an overestimate). References the train
+    captures serve are scored on the first cached train batch, the others on the probe's."""
     covered = [c for c in references if _covers(train.batches[0].caps, train.request, c.request)]
     others = [c for c in references if c not in covered]
     first = train.batches[0]
     per_image = _seconds_to_score(covered, train, first, metrics) / len(first.targets)
-    ratio = 1.0
+    t0 = time.perf_counter()
+    next(iter(make_bench(train.request, n).iter_batches()))
+    search = (time.perf_counter() - t0) / n
+    union = search
     if others:
-        t0 = time.perf_counter()
-        next(iter(make_bench(train.request, n).iter_batches()))
-        t_search = time.perf_counter() - t0
         bench = make_bench(merge_requests([train.request] + [c.request for c in others]), n)
         t0 = time.perf_counter()
         cb = CachedBatch(*next(iter(bench.iter_batches())))
-        ratio = max(1.0, (time.perf_counter() - t0) / max(t_search, 1e-9))
+        union = max(search, (time.perf_counter() - t0) / len(cb.targets))
         per_image += _seconds_to_score(others, bench, cb, metrics) / len(cb.targets)
-    return ratio, per_image
+    return CaptureCosts(search=search, union=union, references=per_image,
+                        groups_covered=len({c.request for c in covered}), groups_uncovered=len({c.request for c in others}))
 
 
 def probe_metric_seconds(train: Workbench, program: CompiledProgram, metrics: Sequence, n: int = 4) -> float:
@@ -442,4 +459,4 @@ def pruner(eta: int = ETA) -> optuna.pruners.BasePruner:
     return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=eta, min_early_stopping_rate=0)
 
 
-__all__ = ["Journal", "LoopStats", "Racer", "probe_costs", "probe_metric_seconds", "pruner"]
+__all__ = ["CaptureCosts", "Journal", "LoopStats", "Racer", "probe_costs", "probe_metric_seconds", "pruner"]

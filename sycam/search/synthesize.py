@@ -45,7 +45,7 @@ from sycam.search.enumerate import Enumerator
 from sycam.search.folds import check_folds
 from sycam.search.hall import distinct_structures
 from sycam.search.loop import Journal, Racer, probe_costs, probe_metric_seconds, pruner
-from sycam.search.racing import Rung, RungBench, admissible, schedule
+from sycam.search.racing import MIN_SIDE, Rung, RungBench, admissible, schedule
 from sycam.search.report import format_front, format_hall  # noqa: F401  (re-exported)
 from sycam.search.outputs import write_manifest
 from sycam.search.sanity import CHECKS, SanityBench, thresholds
@@ -211,9 +211,7 @@ class Synthesis:
             self.selections = search_selections(resolver, cfg.space)
             self.widen = _search_request(resolver, A.ScoreSpec(), self.selections,  # a later run's hall may use any of it
                                          cfg.space.expensive)
-            t0 = time.perf_counter()
             train = self.bench("train", self.widen).load()
-            train_seconds = time.perf_counter() - t0
             if cfg.space.expensive:  # printed: what S and D cost per image (sycam.search.expensive)
                 from sycam.search.expensive import expensive_cost
 
@@ -221,9 +219,11 @@ class Synthesis:
                 # validation and test capture S and D only for the programs that use them
                 self.widen = _search_request(resolver, A.ScoreSpec(), self.selections)
             probe = train.batches[0].caps.take(slice(0, 16))
-            constraints = None
+            constraints, sanity = None, None
             if cfg.sanity == "require":  # Optuna's sampler learns to avoid programs that fail a sanity check
-                sanity = self.sanity_bench("train", train.request)
+                h, w = self.bundle.input_size  # the search's checks rank at racing's reduced side (SanityBench)
+                side = max(MIN_SIDE, min(h, w) // 4)
+                sanity = self.sanity_bench("train", train.request, side=side if side < min(h, w) else None)
                 limit = thresholds()
 
                 def constraints(cand: Candidate) -> dict[str, float]:  # <= 0 feasible; undefined fails
@@ -234,7 +234,8 @@ class Synthesis:
                      else [Rung(n_train, None, exact=True)])
             racer = Racer(RungBench(train, rungs, self.metrics, seed=cfg.seed), self.metrics, claims=claims,
                           share=(share, shares))
-            final = self._final_cost(train, train_seconds) if clock.budget is not None else None
+            self.train_sanity = sanity
+            final = self._final_cost(train) if clock.budget is not None else None
         search_start = clock.now()
         window = clock.left() - (final.seconds() if final else 0.0)
         if final is not None and window < 0.25 * cfg.budget:  # say so now, and again under the hall of fame
@@ -401,20 +402,26 @@ class Synthesis:
                 rounds += 1  # at most two more pools: each check and each recorded trial costs time
                 chosen = [r for _, r in zip(range(cfg.pool), extra)]  # the next ones down the ranking
 
-    def _final_cost(self, train: Workbench, train_seconds: float) -> FinalCost:
+    def _final_cost(self, train: Workbench) -> FinalCost:
         """What the final phase will cost: capture and score times measured on a few train images
         (see :class:`sycam.search.budget.FinalCost`)."""
         from sycam.programs import load
 
         cfg = self.cfg
         refs = [CompiledProgram(load(name), train.resolver) for name in cfg.references]
-        ratio, refs_per_image = probe_costs(train, lambda request, n: Workbench(
+        costs = probe_costs(train, lambda request, n: Workbench(
             self.bundle, self.datasets["train"], request, batch_size=n, targets=cfg.targets, device=self.device,
-            progress=False), refs, self.metrics)
+            progress=False, cache=None), refs, self.metrics)
         n = {split: len(ds) for split, ds in self.datasets.items()}
         extra = n["val"] if cfg.no_worse_than else 0
-        if cfg.sanity != "off":  # the sanity captures of the validation images: trained, each step, other class
-            extra += min(cfg.sanity_images, n["val"]) * (len(self.bundle.stage_layers or []) + 3)
+        sanity_seconds = 0.0
+        if cfg.sanity != "off":  # SanityBench: three captures (trained, head-randomised, other class) per request;
+            # the search's rows need about two requests (one layer; the stages), served like the train captures
+            # priced by the train sanity bench's own captures where it was built (the search's request)
+            images = 3 * min(cfg.sanity_images, n["val"])
+            bench = getattr(self, "train_sanity", None)
+            search = bench.seconds / (3 * bench.n) if bench is not None else costs.search
+            sanity_seconds = images * search * (costs.groups_covered + 2 + costs.groups_uncovered * costs.union / costs.search)
         single = len(self.metrics) == 1
         rows = cfg.pool + cfg.max_size if single else max(cfg.pool, 20)
         suite_seconds, suite_rows = 0.0, 0
@@ -429,21 +436,20 @@ class Synthesis:
                 # --folds or several metrics; then the best and the reference on test
                 # (real runs' fronts held 2-3 rows; each row found worse brings the next one forward)
                 suite_rows = (min(rows, 3 + cfg.max_size // 4) if single and not cfg.folds else rows)
-        return FinalCost(capture_per_image=train_seconds / max(1, n["train"]) * ratio,
-                         references_per_image=refs_per_image,
-                         row_per_image=refs_per_image / max(1, len(refs)), train=n["train"], val=n["val"],
+        return FinalCost(capture_per_image=costs.union, references_per_image=costs.references,
+                         row_per_image=costs.references / max(1, len(refs)), sanity_seconds=sanity_seconds, train=n["train"], val=n["val"],
                          test=n["test"], overlay=min(cfg.batch_size, n["test"]), rows=rows, extra_captures=extra,
                          hall=cfg.max_size if single else None, suite_per_image=suite_seconds, suite_rows=suite_rows)
 
     # ------------------------------------------------------------------ selection and outputs
-    def sanity_bench(self, split: str, request: CaptureRequest) -> SanityBench:
+    def sanity_bench(self, split: str, request: CaptureRequest, side: int | None = None) -> SanityBench:
         """Sanity captures of the first ``sanity_images`` images of ``split`` (their own targets)."""
         ds = self.datasets[split]
         n = max(1, min(self.cfg.sanity_images, len(ds)))
         bench = Workbench(self.bundle, ds, CaptureRequest(layers=(), score=request.score), batch_size=n,
                           targets=self.cfg.targets, device=self.device, progress=False)
         batch, targets, _ = next(iter(bench.iter_batches()))
-        return SanityBench(self.bundle, batch.images, targets, request, seed=self.cfg.seed)
+        return SanityBench(self.bundle, batch.images, targets, request, seed=self.cfg.seed, side=side)
 
     def _select_and_report(self, study: optuna.Study, train: Workbench) -> dict:
         """The final phase (:class:`sycam.search.select.Selection`): validation, sanity, test, outputs."""
