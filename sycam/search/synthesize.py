@@ -49,6 +49,7 @@ from sycam.search.racing import Rung, RungBench, admissible, schedule
 from sycam.search.report import format_front, format_hall  # noqa: F401  (re-exported)
 from sycam.search.outputs import write_manifest
 from sycam.search.sanity import CHECKS, SanityBench, thresholds
+from sycam.search.scores import ScoreBenches
 from sycam.search.select import Selection, simplified_form as _simplified  # noqa: F401  (re-exported)
 from sycam.search.space import DEFAULT, Derivation, Space, derive, selection_node
 from sycam.search.study import Candidate, Objective, completed, enqueue, open_storage, open_study, record
@@ -222,18 +223,24 @@ class Synthesis:
                 self.widen = _search_request(resolver, A.ScoreSpec(), self.selections)
             probe = train.batches[0].caps.take(slice(0, 16))
             constraints = None
+            sanity = None
             if cfg.sanity == "require":  # Optuna's sampler learns to avoid programs that fail a sanity check
                 sanity = self.sanity_bench("train", train.request)
                 limit = thresholds()
 
                 def constraints(cand: Candidate) -> dict[str, float]:  # <= 0 feasible; undefined fails
-                    values = sanity.values(train.compile(cand.program), cand.params)
+                    bench = scores.sanity(cand.program.score_spec)  # the checks under the program's own score
+                    values = bench.values(train.compile(cand.program), cand.params)
                     return {c: (1.0 if math.isnan(values[c]) else values[c] - limit[c]) for c in CHECKS}
             n_train = len(self.datasets["train"])
             rungs = (schedule(n_train, tuple(self.bundle.input_size), self.metrics) if cfg.racing
                      else [Rung(n_train, None, exact=True)])
             racer = Racer(RungBench(train, rungs, self.metrics, seed=cfg.seed), self.metrics, claims=claims,
                           share=(share, shares))
+            # the space's other scores: train captures and a racer each, made when a trial first samples one
+            self.scores = scores = ScoreBenches(train, racer, rungs, self.metrics, cfg.seed,
+                                                lambda request: self.bench("train", request), claims, (share, shares),
+                                                lambda request: self.sanity_bench("train", request), sanity)
             final = self._final_cost(train, train_seconds) if clock.budget is not None else None
         search_start = clock.now()
         window = clock.left() - (final.seconds() if final else 0.0)
@@ -310,12 +317,13 @@ class Synthesis:
 
                 deriv = derive(A.inline_lets(load(name)), space=cfg.space)
                 if deriv is not None and _selections_of(deriv) <= set(self.selections):
-                    enqueue(study, deriv, f"reference:{name}")
+                    enqueue(study, deriv, f"reference:{name}", space=cfg.space)
             racing_trials = cfg.racing and len(self.metrics) == 1
+            scores.on_new = lambda new: new.prime(study)  # a resumed study's pruned trials of that score
 
             def evaluate(cand: Candidate, trial=None) -> tuple[float, ...]:
-                try:
-                    return racer.evaluate_trial(cand, trial)
+                try:  # on the train captures of the program's score
+                    return scores.racer(cand.program.score_spec).evaluate_trial(cand, trial)
                 except optuna.TrialPruned:
                     entered()  # a pruned trial is a candidate too (completed ones are counted on return)
                     raise
@@ -344,6 +352,7 @@ class Synthesis:
             return {"worker": [share, shares], "history": self.history, "started": time.time() - clock.now(),
                     "stats": {"enumeration": enum_stats, **racer.stats.as_dict(), "search_seconds": round(search_seconds, 2),
                               "waited_for_other_workers": round(claims.waited, 2) if claims else 0.0,
+                              "scores": scores.as_dict(cfg.space.scores),
                               "peak_rss_mb": peak_rss_mb(), "total_seconds": round(clock.now(), 2),
                               "captures": STATS.since(self.captures_mark), "phases": clock.as_dict()}}
 
@@ -359,7 +368,8 @@ class Synthesis:
                                "candidates_per_second": round(n_done[0] / search_seconds, 2) if search_seconds > 0 else None,
                                "captures": STATS.since(self.captures_mark), "peak_rss_mb": peak_rss_mb(),
                                "space": cfg.space.describe(), "max_size": cfg.max_size,
-                               "expensive_seconds_per_image": getattr(self, "expensive_cost", {})}
+                               "expensive_seconds_per_image": getattr(self, "expensive_cost", {}),
+                               "scores": scores.as_dict(cfg.space.scores)}
         result["stats"]["phases"] = clock.as_dict()
         if final is not None:
             result["stats"]["phases"]["final_estimate"] = {k: round(v, 4) if isinstance(v, float) else v
