@@ -91,6 +91,20 @@ class ScoreBenches:
             self.sanities[score] = self.make_sanity(dataclasses.replace(self.train.request, score=score))
         return self.sanities[score]
 
+    def totals(self, stats: dict[str, object]) -> dict[str, object]:
+        """``stats`` (the logit racer's :meth:`LoopStats.as_dict`) with the other scores' racers'
+        counts added (one search: the candidates of every score)."""
+        out = dict(stats)
+        for score, racer in self.racers.items():
+            if score == LOGIT:
+                continue
+            for key in ("scored", "exact", "pruned", "observational_duplicates", "invalid", "from_other_workers",
+                        "exact_images"):
+                out[key] = out.get(key, 0) + getattr(racer.stats, key)  # type: ignore[operator]
+            for key in ("per_rung", "rung_seconds"):  # by rung: every racer races the same rungs
+                out[key] = [a + b for a, b in zip(out[key], getattr(racer.stats, key))]  # type: ignore[call-overload]
+        return out
+
     def as_dict(self, space_scores: Sequence[A.ScoreSpec]) -> dict[str, dict[str, object]]:
         """Per score of the space: its train capture's seconds (None for the logit's, captured
         before the search; absent where no program was sampled with it) and its racer's counts."""
@@ -118,7 +132,7 @@ def cost_line(scores: dict[str, dict[str, object]]) -> str:
             continue
         if "capture_seconds" in row:
             s, n = float(row["capture_seconds"]), max(1, int(row.get("images", 1)))  # type: ignore[arg-type]
-            parts.append(f"{text} {s:.2f} s ({s / n * 1000:.1f} ms/image, {row.get('exact', 0)} programs scored exactly)")
+            parts.append(f"{text} {s:.2f} s ({s / n * 1000:.1f} ms/image; exact scores under it: {row.get('exact', 0)})")
         else:
             parts.append(f"{text} not sampled (no capture)")
     if not parts:

@@ -350,7 +350,7 @@ class Synthesis:
         search_seconds = clock.now() - search_start
         if not cfg.report:  # one worker of several: the hall of fame is chosen once, after all of them
             return {"worker": [share, shares], "history": self.history, "started": time.time() - clock.now(),
-                    "stats": {"enumeration": enum_stats, **racer.stats.as_dict(), "search_seconds": round(search_seconds, 2),
+                    "stats": {"enumeration": enum_stats, **scores.totals(racer.stats.as_dict()), "search_seconds": round(search_seconds, 2),
                               "waited_for_other_workers": round(claims.waited, 2) if claims else 0.0,
                               "scores": scores.as_dict(cfg.space.scores),
                               "peak_rss_mb": peak_rss_mb(), "total_seconds": round(clock.now(), 2),
@@ -359,12 +359,12 @@ class Synthesis:
         # 3. honest selection: top-k on train -> pick on validation -> report on test
         with clock.phase("final"):
             result = self._select_and_report(study, train)
-            stats = racer.stats.as_dict()
+            stats = scores.totals(racer.stats.as_dict())
             result["stats"] = {"enumeration": enum_stats, **stats, "trials": len(study.trials),
                                "completed": len(completed(study)), "rungs": [r.label for r in rungs],
                                "candidates": n_done[0], "search_seconds": round(search_seconds, 2),
                                "scoring_seconds": {"race": round(race_scoring, 2),
-                                                   "optuna": round(sum(racer.stats.rung_seconds) - race_scoring, 2)},
+                                                   "optuna": round(sum(stats["rung_seconds"]) - race_scoring, 2)},
                                "candidates_per_second": round(n_done[0] / search_seconds, 2) if search_seconds > 0 else None,
                                "captures": STATS.since(self.captures_mark), "peak_rss_mb": peak_rss_mb(),
                                "space": cfg.space.describe(), "max_size": cfg.max_size,
