@@ -224,3 +224,13 @@ def test_bad_scores_entries_name_the_file_and_the_entry(tmp_path, text: str, mes
     with pytest.raises(SycamError) as err:
         load_space(str(path))
     assert str(err.value).startswith(f"{path} {message}"), str(err.value)
+
+
+def test_workers_score_stats_merge() -> None:
+    from sycam.search.scores import merge_workers
+
+    a = {"logit": {"sampled": True, "images": 16, "exact": 3}, "prob": {"sampled": False, "images": 16}}
+    b = {"logit": {"sampled": True, "images": 16, "exact": 2},
+         "prob": {"sampled": True, "images": 16, "capture_seconds": 0.5, "exact": 1}}
+    assert merge_workers([a, b]) == {"logit": {"sampled": True, "images": 16, "exact": 5},
+                                     "prob": {"sampled": True, "images": 16, "capture_seconds": 0.5, "exact": 1}}

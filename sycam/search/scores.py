@@ -124,6 +124,20 @@ class ScoreBenches:
         return out
 
 
+def merge_workers(per_worker: Sequence[dict[str, dict[str, object]]]) -> dict[str, dict[str, object]]:
+    """The workers' :meth:`ScoreBenches.as_dict` as one: sampled by any, seconds and counts summed
+    (each worker captures its own train split for a score it samples)."""
+    out: dict[str, dict[str, object]] = {}
+    for scores in per_worker:
+        for text, row in scores.items():
+            into = out.setdefault(text, {"sampled": False, "images": row.get("images", 0)})
+            into["sampled"] = bool(into["sampled"]) or bool(row.get("sampled"))
+            for key, value in row.items():
+                if key not in ("sampled", "images") and isinstance(value, (int, float)):
+                    into[key] = round(into.get(key, 0) + value, 3)  # type: ignore[operator]
+    return out
+
+
 def cost_line(scores: dict[str, dict[str, object]]) -> str:
     """One printed line: what each other score's train capture cost (or that none was sampled)."""
     parts = []
@@ -140,4 +154,4 @@ def cost_line(scores: dict[str, dict[str, object]]) -> str:
     return "other scores, one train capture each (the logit's is the search's own): " + "; ".join(parts)
 
 
-__all__ = ["ScoreBenches", "SaltedClaims", "cost_line"]
+__all__ = ["ScoreBenches", "SaltedClaims", "cost_line", "merge_workers"]

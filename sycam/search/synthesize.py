@@ -425,6 +425,8 @@ class Synthesis:
         extra = n["val"] if cfg.no_worse_than else 0
         if cfg.sanity != "off":  # the sanity captures of the validation images: trained, each step, other class
             extra += min(cfg.sanity_images, n["val"]) * (len(self.bundle.stage_layers or []) + 3)
+        if len(cfg.space.scores) > 1:  # rows of another score are captured on val and test again, for that score
+            extra += (len(cfg.space.scores) - 1) * (n["val"] + n["test"])  # (at most: only the layers they read)
         single = len(self.metrics) == 1
         rows = cfg.pool + cfg.max_size if single else max(cfg.pool, 20)
         suite_seconds, suite_rows = 0.0, 0
