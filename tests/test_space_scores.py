@@ -190,6 +190,8 @@ def test_score_racers_keep_their_own_twins(tmp_path, monkeypatch) -> None:
         bench = benches.racer(spec).bench.bench
         assert values[spec][0] == mean_score(bench.score(bench.compile(program), synthesis.metrics)["iou"])
     assert values[A.ScoreSpec()] != values[PROB]
+    with pytest.raises(SycamError, match="explains 'score prob;' cannot be scored on captures of 'score logit;'"):
+        train.score(train.compile(parse("score prob;\nrelu(sum_c(G))")), synthesis.metrics)  # never silently
     assert benches.racer(PROB) is not racer and benches.racer(PROB).bench.bench.request.score == PROB
     assert all(r.stats.observational_duplicates == 0 for r in benches.racers.values())
     stats = benches.as_dict((A.ScoreSpec(), PROB, A.ScoreSpec("finer", 3, 0.6)))
