@@ -53,6 +53,16 @@ def merge_requests(requests: Iterable[CaptureRequest]) -> CaptureRequest:
     )
 
 
+def check_score(compiled: CompiledProgram, request: CaptureRequest) -> None:
+    """Refuse to score a program on captures of another score than the one it explains (its
+    gradients would be another score's: wrong values, silently)."""
+    if compiled.request.score != request.score:
+        from sycam.lang.pretty import pretty_score
+
+        raise SycamError(f"a program that explains '{pretty_score(compiled.request.score)}' cannot be scored on captures "
+                         f"of '{pretty_score(request.score)}': capture with its own score")
+
+
 def target_mode(mode: str, dataset: Dataset, num_classes: int) -> str:
     """Which class each image is explained for.
 
@@ -255,6 +265,7 @@ class Workbench:
 
         Raises :class:`ProgramRuntimeError` when the program yields NaN/Inf on some image.
         """
+        check_score(compiled, self.request)
         self.load()
         out: dict[str, list[Tensor]] = {m.name: [] for m in metrics}
         # the first program scored with a metric checks every batch against that metric's needs;
@@ -273,6 +284,8 @@ def score_streaming(bench: "Workbench", programs: Sequence[tuple[CompiledProgram
     """Per-image metric values of several programs in ONE pass over the data, keeping one batch
     of captures at a time (memory bounded by the batch, whatever the dataset). A program that
     yields NaN/Inf on a batch gets NaN there."""
+    for compiled, _ in programs:
+        check_score(compiled, bench.request)
     out: list[dict[str, list[Tensor]]] = [{m.name: [] for m in metrics} for _ in programs]
     for batch, targets, caps in bench.iter_batches():
         cb = CachedBatch(batch, targets, caps)

@@ -119,6 +119,12 @@ def run(name: str, args: argparse.Namespace) -> int:
 
         costs = result.get("stats", {}).get("expensive_seconds_per_image") or {}
         print(cost_line(costs))
+    if len(space.scores) > 1:  # each other score sampled: one more train capture
+        from sycam.search.scores import cost_line as scores_line
+
+        line = scores_line(result.get("stats", {}).get("scores") or {})
+        if line:
+            print(line)
     print(format_phases(result["stats"]["phases"]))
     return 0
 

@@ -11,12 +11,13 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import optuna
 import torch
 
 from sycam.errors import ProgramRuntimeError
+from sycam.lang import ast as A
 from sycam.lang.parse import grammar_hash, parse
 from sycam.lang.pretty import pretty
 from sycam.search.hall import Row, fmt
@@ -29,9 +30,11 @@ if TYPE_CHECKING:
     from sycam.search.synthesize import Synthesis
 
 
-def write_outputs(run: "Synthesis", rows: list[Row], refs: list[Row], test: Workbench) -> None:
+def write_outputs(run: "Synthesis", rows: list[Row], refs: list[Row],
+                  test: Workbench | Mapping[A.ScoreSpec, Workbench]) -> None:
     """The hall of fame's files: ``best*.cam`` (tuned parameters as defaults, scores and sanity
-    values in the header), ``hall_of_fame.{csv,json}``, the convergence and Pareto plots, overlays."""
+    values in the header), ``hall_of_fame.{csv,json}``, the convergence and Pareto plots, overlays
+    (on ``test``: a bench of the test split per score the rows explain, or one)."""
     out = run.out
     names = [m.name for m in run.metrics]
     for old in out.glob("best*.cam"):
@@ -89,20 +92,31 @@ def pareto(run: "Synthesis", names: list[str], path: Path) -> None:
                     title=f"{len(trials)} programs; Pareto front in red")
 
 
-def overlays(run: "Synthesis", rows: list[Row], test: Workbench) -> None:
-    """``overlays.png``: the first test images under each row's map."""
+def overlays(run: "Synthesis", rows: list[Row], test: Workbench | Mapping[A.ScoreSpec, Workbench]) -> None:
+    """``overlays.png``: the first test images under each row's map (each on the captures of its score)."""
     from sycam import viz
 
-    batch, targets, caps = next(iter(test.iter_batches()))  # one batch: no need to keep the split
-    n = min(6, len(targets))
+    benches = {test.request.score: test} if isinstance(test, Workbench) else dict(test)
+    first: dict[A.ScoreSpec, tuple] = {}  # one batch per score: no need to keep the split
     maps = {}
+    batch = None
     for r in rows:
         program = parse(r.program)
-        compiled = test.compile(program)
+        bench = benches.get(program.score_spec)
+        if bench is None:  # no bench captured for its score: no overlay rather than a map of other gradients
+            continue
+        if program.score_spec not in first:
+            first[program.score_spec] = next(iter(bench.iter_batches()))
+        batch, targets, caps = first[program.score_spec]
+        n = min(6, len(targets))
+        compiled = bench.compile(program)
         try:
             maps[r.name] = compiled(caps, r.params)[:n].cpu()
         except ProgramRuntimeError:
             continue
+    if batch is None:
+        return
+    n = min(6, len(batch.images))
     masks = batch.masks[:n].cpu() if batch.masks is not None else None
     viz.overlay_grid(batch.images[:n].cpu(), maps, run.out / "overlays.png", masks=masks)
 

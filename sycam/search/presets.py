@@ -10,7 +10,10 @@ limit under a budget.
   ``zscore`` ...) and layer slices and lists besides the named selections — except the expensive
   terminals ``S`` (Score-CAM), ``D`` (Ablation-CAM), ``R`` and ``R1`` (Recipro-CAM, Gaussian and
   one-hot kernel), which need ``--expensive`` (a forward pass per channel of the target layer, or
-  per position of its grid, per image: their capture cost is measured and printed).
+  per position of its grid, per image: their capture cost is measured and printed). Its programs
+  may explain the logit, the probability or Finer-CAM's comparison (``score finer(3, 0.6);``):
+  Optuna's sampler chooses the score (:data:`FULL_SCORES`; the enumerator stays on the logit), and
+  each other score sampled costs one more capture of the train split (printed).
 
 A space file (``--space my.toml`` or ``my.json``; TOML read with the standard library's
 ``tomllib``) holds one table of these keys, every one optional::
@@ -26,6 +29,8 @@ A space file (``--space my.toml`` or ``my.json``; TOML read with the standard li
     grow = true                      # ... raised with the budget (see max_size_for)
     max_depth = 6                    # the Optuna sampler's deepest derivation
     interleave = false               # the enumerator takes a type's productions in turns (full: true)
+    scores = ["logit", "prob", "finer(3, 0.6)"]   # score directives Optuna's sampler may give a program
+                                                  # (logit among them; default, small: logit only)
 
 A bad file is a :class:`~sycam.errors.SycamError` naming the file and the line.
 
@@ -43,7 +48,8 @@ from pathlib import Path
 
 from sycam.errors import SycamError
 from sycam.lang.ops import TABLE
-from sycam.search.space import BY_NAME, DEFAULT, EXPENSIVE, PRODUCTIONS, REQUIRED, Space, selection_node
+from sycam.lang import ast as A
+from sycam.search.space import BY_NAME, DEFAULT, EXPENSIVE, PRODUCTIONS, REQUIRED, Space, parse_score, selection_node
 
 GROW_FROM = 300.0  # seconds of budget from which the size limit grows: one more per doubling
 GROW_MAX = 4  # at most this many nodes more
@@ -52,14 +58,18 @@ _OPERATOR_OF = {spec.production(f): name for name, spec in TABLE.items() for f i
 _TERMINALS = ("A", "G") + EXPENSIVE
 _PROGRAMS = tuple(p.name for p in PRODUCTIONS if p.type == "P")
 
+#: the full space's scores: the logit, its softmax probability and Finer-CAM's comparison with the 3
+#: most similar classes at the strength its paper recommends for fine-grained data (alpha 0.6)
+FULL_SCORES = ("logit", "prob", "finer(3, 0.6)")
 SMALL = Space("small", frozenset(["A", "G", "relu_T", "mean_hw", "relu_C", "sum_c", "mean_c", "relu_M", "mul_MM",
                                   "add_MM", "mean_c_S", "single", "layers_mean"]),
               selections=("stages",), max_size=6, grow=False, max_depth=5)
 FULL = Space("full", frozenset(p.name for p in PRODUCTIONS if p.name not in EXPENSIVE),
-             selections=("convs", "stages", "-2:", "-3:", "-4:", "[-1, -3]"), max_size=8, interleave=True)
+             selections=("convs", "stages", "-2:", "-3:", "-4:", "[-1, -3]"), max_size=8, interleave=True,
+             scores=FULL_SCORES)
 PRESETS = {"small": SMALL, "default": DEFAULT, "full": FULL}
 KEYS = ("base", "operators", "add", "remove", "terminals", "programs", "selections", "max_size", "grow", "max_depth",
-        "interleave")
+        "interleave", "scores")
 
 
 def with_expensive(space: Space) -> Space:
@@ -67,7 +77,7 @@ def with_expensive(space: Space) -> Space:
     if set(EXPENSIVE) <= set(space.productions):
         return space
     return Space(space.name + "+expensive", space.productions + EXPENSIVE, space.selections, space.max_size,
-                 space.grow, space.max_depth, space.interleave)
+                 space.grow, space.max_depth, space.interleave, space.scores)
 
 
 def load_space(spec: str, expensive: bool = False) -> Space:
@@ -179,8 +189,23 @@ def _from_file(path: Path) -> Space:
         flags[key] = doc.get(key, getattr(base, key))
         if not isinstance(flags[key], bool):
             raise bad(key, f"expected true or false, got {flags[key]!r}")
+    scores = base.scores
+    if "scores" in doc:
+        texts = doc["scores"]
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise bad("scores", 'expected a non-empty list of score directives, e.g. ["logit", "prob", "finer(3, 0.6)"]')
+        specs = []
+        for t in texts:
+            try:
+                specs.append(parse_score(t))
+            except SycamError as err:
+                raise bad("scores", f"{t!r} is not a score ({str(err).splitlines()[0]}); "
+                                    "expected logit, prob or finer(k, alpha)") from None
+        if A.ScoreSpec() not in specs:
+            raise bad("scores", "must include \"logit\" (the enumerator's programs and the references explain the logit)")
+        scores = tuple(specs)
     return Space(path.stem, frozenset(chosen), selections, ints["max_size"], flags["grow"], ints["max_depth"],
-                 flags["interleave"])
+                 flags["interleave"], scores)
 
 
 __all__ = ["FULL", "PRESETS", "SMALL", "load_space", "max_size_for", "with_expensive"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import optuna
 import torch
@@ -40,6 +40,19 @@ from sycam.workbench import Workbench, mean_score, merge_requests, score_streami
 
 if TYPE_CHECKING:  # the run whose state (model, data, clock, outputs) selection reads
     from sycam.search.synthesize import Synthesis
+
+#: one capture request per score: what serves each score's programs (:func:`requests_by_score`)
+Requests = dict[A.ScoreSpec, CaptureRequest]
+
+
+def requests_by_score(programs: Iterable[CompiledProgram]) -> Requests:
+    """The merged capture request of the programs of each score (a capture serves one score:
+    :func:`sycam.workbench.merge_requests` refuses programs of several)."""
+    groups: dict[A.ScoreSpec, list[CaptureRequest]] = {}
+    for c in programs:
+        groups.setdefault(c.request.score, []).append(c.request)
+    return {score: merge_requests(reqs) for score, reqs in groups.items()}
+
 
 #: what a metric needs beyond maps and masks that makes it cost forwards of the model per image
 COSTLY_NEEDS = frozenset({"model", "explainer", "predict", "weights", "logits"})
@@ -95,7 +108,7 @@ class Selection:
         self.sign = 1 if self.metrics[0].higher_is_better else -1
         self.single = len(self.metrics) == 1
         self.no_worse: dict | None = None  # the --no-worse-than outcome, for the summary
-        self.no_worse_ref: tuple[Row, CaptureRequest] | None = None  # its reference row and capture request
+        self.no_worse_ref: tuple[Row, Requests] | None = None  # its reference row and capture requests
 
     # ------------------------------------------------------------------ rows
     def rows_from_trials(self, trials) -> list[Row]:
@@ -136,13 +149,28 @@ class Selection:
             raise SycamError("the search scored no valid program; raise --budget")
         return rows
 
-    def score_split(self, split: str, request: CaptureRequest, rows: Sequence[Row],
+    def stream(self, split: str, requests: Requests, programs: Sequence[tuple[CompiledProgram, dict | None]],
+               metrics) -> list[dict[str, torch.Tensor]]:
+        """Per-image values of ``programs`` on ``split``: one streaming pass per score they explain
+        (each on ``requests[score]``, which must serve that score's programs), in the given order;
+        the images are the same in every pass, so values of programs of two scores stay paired."""
+        out: list[dict[str, torch.Tensor] | None] = [None] * len(programs)
+        groups: dict[A.ScoreSpec, list[int]] = {}
+        for i, (c, _) in enumerate(programs):
+            groups.setdefault(c.request.score, []).append(i)
+        for score, where in groups.items():
+            values = score_streaming(self.run.bench(split, requests[score]), [programs[i] for i in where], metrics)
+            for i, v in zip(where, values):
+                out[i] = v
+        return out  # type: ignore[return-value]
+
+    def score_split(self, split: str, requests: Requests, rows: Sequence[Row],
                     compiled: dict[int, CompiledProgram], metrics=None) -> list[dict[str, torch.Tensor]]:
-        """Per-image values of ``rows`` on ``split`` in one streaming pass; their means go on the rows."""
+        """Per-image values of ``rows`` on ``split`` in one streaming pass per score; their means go on the rows."""
         metrics = list(metrics or self.metrics)
         if not rows:
             return []
-        values = score_streaming(self.run.bench(split, request), [(compiled[id(r)], r.params) for r in rows], metrics)
+        values = self.stream(split, requests, [(compiled[id(r)], r.params) for r in rows], metrics)
         for row, v in zip(rows, values):
             getattr(row, split).update({m.name: mean_score(v[m.name]) for m in metrics})
         return values
@@ -177,7 +205,8 @@ class Selection:
                                 params=CompiledProgram(program, resolver).param_values()))
         everything = rows + ref_rows
         compiled = {id(r): CompiledProgram(parse(r.program), resolver) for r in everything}
-        request = merge_requests([c.request for c in compiled.values()])
+        # one capture request per score (a capture serves one score: the searched programs may explain several)
+        request = requests_by_score(compiled.values())
         # validation and test scores are streamed, one batch of captures at a time (references may
         # need layers the search did not cache, e.g. every conv). References are not searched, so
         # they get no train score: a pass over the train split for every conv layer cost minutes
@@ -234,9 +263,10 @@ class Selection:
         from sycam.search.outputs import write_outputs
 
         overlay_rows = hall[:1] + [r for r in ref_rows if r.name in ("gradcam", "gradcampp", "layercam", "winsorcam")]
-        overlay_request = merge_requests([compiled[id(r)].request for r in overlay_rows])
-        write_outputs(run, hall, ref_rows, Workbench(run.bundle, run.datasets["test"], overlay_request, batch_size=6,
-                                                     targets=cfg.targets, device=run.device, progress=False))
+        overlay_benches = {score: Workbench(run.bundle, run.datasets["test"], overlay_request, batch_size=6,
+                                            targets=cfg.targets, device=run.device, progress=False)
+                           for score, overlay_request in requests_by_score(compiled[id(r)] for r in overlay_rows).items()}
+        write_outputs(run, hall, ref_rows, overlay_benches)
         return {"metric": primary.name, "sanity": cfg.sanity, "thresholds": thresholds() if cfg.sanity != "off" else {},
                 "best": asdict(best), "best_reference": asdict(best_ref) if best_ref else None,
                 "comparisons": comparisons, "cross_validation": cross_validation, "warnings": warnings,
@@ -263,7 +293,7 @@ class Selection:
         return out
 
     # ------------------------------------------------------------------ --no-worse-than
-    def _no_worse_than(self, candidates: list[Row], compiled, request: CaptureRequest, warnings: list[str]):
+    def _no_worse_than(self, candidates: list[Row], compiled, request: Requests, warnings: list[str]):
         """Score the reference ``no_worse_than`` on validation under the suite, and every candidate
         under the suite's cheap metrics; return the check that scores given rows under the costly ones.
         Each check marks the rows that are worse than the reference on some metric (metrics the data
@@ -273,9 +303,11 @@ class Selection:
 
         cfg, run = self.cfg, self.run
         ref = Row(name=cfg.no_worse_than, program=pretty(load(cfg.no_worse_than)), size=0, source="reference")
-        compiled[id(ref)] = CompiledProgram(parse(ref.program), run.bench("val", request).resolver)
-        ref.params = compiled[id(ref)].param_values()
-        request = merge_requests([request, compiled[id(ref)].request])
+        resolver = run.bench("val", next(iter(request.values()))).resolver
+        ref_compiled = compiled[id(ref)] = CompiledProgram(parse(ref.program), resolver)
+        ref.params = ref_compiled.param_values()
+        score = ref_compiled.request.score
+        request = {**request, score: merge_requests([r for r in (request.get(score), ref_compiled.request) if r is not None])}
         searched = {m.name for m in self.metrics}
         suite = [get_metric(m) for m in cfg.suite if m not in searched]
         has_masks = run.datasets["val"][0].mask is not None if len(run.datasets["val"]) else False
@@ -319,8 +351,10 @@ class Selection:
 
         ref, request = self.no_worse_ref
         metrics = [get_metric(m) for m in self.no_worse["suite"]]
-        values = score_streaming(self.run.bench("test", request), [(compiled[id(best)], best.params),
-                                                                   (compiled[id(ref)], ref.params)], metrics)
+        best_compiled = compiled[id(best)]
+        if best_compiled.request.score not in request:  # (the suite was checked on validation: it is)
+            request = {**request, **requests_by_score([best_compiled])}
+        values = self.stream("test", request, [(best_compiled, best.params), (compiled[id(ref)], ref.params)], metrics)
         table = {}
         for m in metrics:
             mean, lo, hi, n = paired_difference(values[0][m.name], values[1][m.name], seed=self.cfg.seed)

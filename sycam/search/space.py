@@ -176,11 +176,19 @@ class Space:
     grow: bool = True
     max_depth: int = 6
     interleave: bool = False
+    #: the score directives the Optuna sampler chooses among (texts or :class:`~sycam.lang.ast.ScoreSpec`,
+    #: kept as ScoreSpecs, logit first); the enumerator's programs and the references explain the logit
+    scores: tuple[A.ScoreSpec, ...] = (A.ScoreSpec(),)
 
     def __post_init__(self) -> None:
         names = set(self.productions)
         object.__setattr__(self, "productions", tuple(p.name for p in PRODUCTIONS if p.name in names))
         object.__setattr__(self, "selections", tuple(self.selections))
+        specs = [parse_score(s) if isinstance(s, str) else s for s in self.scores]
+        if A.ScoreSpec() not in specs:
+            raise ValueError(f"space {self.name}: its scores must include logit (the enumerator's and the references'), "
+                             f"got {', '.join(map(score_text, specs)) or 'none'}")
+        object.__setattr__(self, "scores", tuple(dict.fromkeys([A.ScoreSpec()] + specs)))
         unknown = sorted(names - set(BY_NAME))
         if unknown:
             raise ValueError(f"space {self.name}: unknown productions {unknown}")
@@ -208,7 +216,65 @@ class Space:
         counts = ", ".join(f"{t} {len(self.by_type(t))}" for t in (T, C, M, S, P))
         return (f"space {self.name}: {len(self.productions)} productions ({counts}), selections "
                 f"{', '.join(self.selections) or 'none'}, max size {self.max_size}{' (grows with the budget)' if self.grow else ''}"
-                f"{', productions interleaved' if self.interleave else ''}")
+                f"{', productions interleaved' if self.interleave else ''}"
+                f"{', scores ' + ', '.join(self.score_choices) if len(self.scores) > 1 else ''}")
+
+    @property
+    def score_choices(self) -> list[str]:
+        """The scores as the sampler's choices (``logit``, ``prob``, ``finer(3, 0.6)``)."""
+        return [score_text(s) for s in self.scores]
+
+
+#: the Optuna parameter that chooses a sampled program's score (asked only when a space has several)
+SCORE_PARAM = "score"
+
+
+def score_text(spec: A.ScoreSpec) -> str:
+    """A score as a space file and the sampler write it: ``logit``, ``prob``, ``finer(3, 0.6)``
+    (the program's directive without ``score`` and ``;``)."""
+    from sycam.lang.pretty import pretty_score
+
+    return pretty_score(spec)[len("score "):-1]
+
+
+@functools.lru_cache(maxsize=None)
+def parse_score(text: str) -> A.ScoreSpec:
+    """The score ``text`` names (``prob``, ``finer(3, 0.6)``; ``score prob;`` too), parsed by the
+    language's parser (raises :class:`~sycam.errors.ProgramSyntaxError` on bad text)."""
+    from sycam.lang.parse import parse
+
+    body = text.strip().removeprefix("score ").rstrip(";").strip()
+    spec = parse(f"score {body};\nsum_c(A)").score
+    assert spec is not None
+    return A.ScoreSpec() if spec.kind == "logit" else spec
+
+
+#: the terminals whose values depend on the explained score (A and X do not)
+SCORED_TERMINALS = ("G", "S", "D", "R", "R1", "Y")
+
+
+def reads_score(body: A.Expr) -> bool:
+    """Does ``body`` read a terminal that depends on the score (``G``, ``S``, ``D``, ``R``, ``R1``,
+    ``Y``)? A body that does not (``sum_c(A)``, EigenCAM's ``pc1(A)``) gives the same maps under any
+    score, so the sampler asks no score for it and it explains the logit (no duplicate per score,
+    no capture of another score for it)."""
+    return any(isinstance(n, A.Terminal) and n.kind in SCORED_TERMINALS for n in A.walk(body))
+
+
+def score_of(spec: A.ScoreSpec) -> A.ScoreSpec | None:
+    """What a program carries for ``spec``: None for the logit (no ``score`` line is printed)."""
+    return None if spec == A.ScoreSpec() else spec
+
+
+def score_params(space: "Space", spec: A.ScoreSpec = A.ScoreSpec(),
+                 body: A.Expr | None = None) -> tuple[dict[str, str], dict[str, object]]:
+    """The score's Optuna parameter and distribution in ``space`` (none where it has one score, or
+    where ``body`` is given and reads no score: :func:`reads_score`, the sampler asks none then)."""
+    from optuna.distributions import CategoricalDistribution
+
+    if len(space.scores) < 2 or (body is not None and not reads_score(body)):
+        return {}, {}
+    return {SCORE_PARAM: score_text(spec)}, {SCORE_PARAM: CategoricalDistribution(space.score_choices)}
 
 
 # today's space, production for production (tests/test_ops_table.py pins it)
@@ -231,8 +297,8 @@ class Derivation:
         p = BY_NAME[self.prod]
         return p.build([k.build() for k in self.kids], self.sel or "convs")
 
-    def program(self) -> A.Program:
-        return A.Program(body=self.build())
+    def program(self, score: A.ScoreSpec | None = None) -> A.Program:
+        return A.Program(body=self.build(), score=score_of(score) if score is not None else None)
 
 
 def minimal(typ: str) -> Derivation:
@@ -353,3 +419,11 @@ class Sampler:
         sel = self.choose(path + ".sel", list(self.selections)) if prod.needs_selection else None
         kids = tuple(self.sample(k, f"{path}.{i}", depth + 1) for i, k in enumerate(prod.children))
         return Derivation(name, kids, sel)
+
+    def sample_score(self, body: A.Expr | None = None) -> A.ScoreSpec:
+        """The program's score: one more categorical choice (:data:`SCORE_PARAM`) where the space
+        has several and ``body`` (when given) reads a score (:func:`reads_score`), else the logit
+        without asking."""
+        if len(self.space.scores) < 2 or (body is not None and not reads_score(body)):
+            return A.ScoreSpec()
+        return parse_score(self.choose(SCORE_PARAM, self.space.score_choices))

@@ -29,7 +29,7 @@ from sycam.errors import ProgramRuntimeError, SycamError
 from sycam.lang import ast as A
 from sycam.lang.canon import canonical_hash
 from sycam.lang.pretty import pretty
-from sycam.search.space import DEFAULT, Derivation, Sampler, Space, to_distributions, to_params
+from sycam.search.space import DEFAULT, Derivation, Sampler, Space, score_of, score_params, to_distributions, to_params
 
 optuna.logging.set_verbosity(logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -134,17 +134,24 @@ def open_study(storage: RDBStorage, name: str, directions: Sequence[str], seed: 
 
 
 def record(study: optuna.Study, deriv: Derivation, values: Sequence[float], attrs: dict[str, object],
-           selections: Sequence[str], constraints: dict[str, float] | None = None, space: Space = DEFAULT) -> None:
+           selections: Sequence[str], constraints: dict[str, float] | None = None, space: Space = DEFAULT,
+           score: A.ScoreSpec = A.ScoreSpec()) -> None:
     """Add an already scored program to the study as a completed trial (TPE learns from it, and
-    from its ``constraints``: check name -> value, feasible when <= 0)."""
-    trial = optuna.trial.create_trial(params=to_params(deriv), distributions=to_distributions(deriv, selections=selections, space=space),  # type: ignore[arg-type]
+    from its ``constraints``: check name -> value, feasible when <= 0). In a space of several
+    scores the trial records its ``score`` too (the enumerator's programs: the logit)."""
+    extra, extra_dist = score_params(space, score, deriv.build())
+    trial = optuna.trial.create_trial(params={**to_params(deriv), **extra},
+                                      distributions={**to_distributions(deriv, selections=selections, space=space),  # type: ignore[arg-type]
+                                                     **extra_dist},
                                       values=list(values), user_attrs=attrs, constraints=constraints)
     study.add_trial(trial)
 
 
-def enqueue(study: optuna.Study, deriv: Derivation, source: str, params: dict[str, float] | None = None) -> None:
-    """Queue a known program (enumerated or reference) as a waiting trial, once per study."""
-    values: dict[str, object] = dict(to_params(deriv))
+def enqueue(study: optuna.Study, deriv: Derivation, source: str, params: dict[str, float] | None = None,
+            space: Space = DEFAULT) -> None:
+    """Queue a known program (enumerated or reference) as a waiting trial, once per study; in a
+    space of several scores it explains the logit (a reference program as published)."""
+    values: dict[str, object] = {**to_params(deriv), **score_params(space, body=deriv.build())[0]}
     for name, value in (params or {}).items():
         values[f"param:{name}"] = value
     study.enqueue_trial(values, user_attrs={"source": source}, skip_if_exists=True)
@@ -161,11 +168,13 @@ class Candidate:
 
 def sample_candidate(trial: optuna.trial.BaseTrial, max_depth: int, selections: Sequence[str],
                      space: Space = DEFAULT) -> Candidate:
-    """Define-by-run: one categorical per grammar node (of ``space``), one float per ?param."""
+    """Define-by-run: one categorical per grammar node (of ``space``), one for the score where the
+    space has several (:meth:`Sampler.sample_score`), one float per ?param."""
     sampler = Sampler(lambda name, options: trial.suggest_categorical(name, list(options)), max_depth=max_depth,
                       selections=selections, space=space)
     deriv = sampler.sample()
-    program = deriv.program()
+    body = deriv.build()
+    program = A.Program(body=body, score=score_of(sampler.sample_score(body)))
     params: dict[str, float] = {}
     for name, p in A.params(program.body).items():
         lo, hi = (p.lo, p.hi) if p.lo is not None else (0.0, 100.0)

@@ -49,6 +49,7 @@ from sycam.search.racing import MIN_SIDE, Rung, RungBench, admissible, schedule
 from sycam.search.report import format_front, format_hall  # noqa: F401  (re-exported)
 from sycam.search.outputs import write_manifest
 from sycam.search.sanity import CHECKS, SanityBench, thresholds
+from sycam.search.scores import ScoreBenches
 from sycam.search.select import Selection, simplified_form as _simplified  # noqa: F401  (re-exported)
 from sycam.search.space import DEFAULT, Derivation, Space, derive, selection_node
 from sycam.search.study import Candidate, Objective, completed, enqueue, open_storage, open_study, record
@@ -220,20 +221,26 @@ class Synthesis:
                 self.widen = _search_request(resolver, A.ScoreSpec(), self.selections)
             probe = train.batches[0].caps.take(slice(0, 16))
             constraints, sanity = None, None
+            h, w = self.bundle.input_size  # the search's checks rank at racing's reduced side (SanityBench)
+            side = max(MIN_SIDE, min(h, w) // 4)
+            side = side if side < min(h, w) else None
             if cfg.sanity == "require":  # Optuna's sampler learns to avoid programs that fail a sanity check
-                h, w = self.bundle.input_size  # the search's checks rank at racing's reduced side (SanityBench)
-                side = max(MIN_SIDE, min(h, w) // 4)
-                sanity = self.sanity_bench("train", train.request, side=side if side < min(h, w) else None)
+                sanity = self.sanity_bench("train", train.request, side=side)
                 limit = thresholds()
 
                 def constraints(cand: Candidate) -> dict[str, float]:  # <= 0 feasible; undefined fails
-                    values = sanity.values(train.compile(cand.program), cand.params)
+                    bench = scores.sanity(cand.program.score_spec)  # the checks under the program's own score
+                    values = bench.values(train.compile(cand.program), cand.params)
                     return {c: (1.0 if math.isnan(values[c]) else values[c] - limit[c]) for c in CHECKS}
             n_train = len(self.datasets["train"])
             rungs = (schedule(n_train, tuple(self.bundle.input_size), self.metrics) if cfg.racing
                      else [Rung(n_train, None, exact=True)])
             racer = Racer(RungBench(train, rungs, self.metrics, seed=cfg.seed), self.metrics, claims=claims,
                           share=(share, shares))
+            # the space's other scores: train captures and a racer each, made when a trial first samples one
+            self.scores = scores = ScoreBenches(train, racer, rungs, self.metrics, cfg.seed,
+                                                lambda request: self.bench("train", request), claims, (share, shares),
+                                                lambda request: self.sanity_bench("train", request, side=side), sanity)
             self.train_sanity = sanity
             final = self._final_cost(train) if clock.budget is not None else None
         search_start = clock.now()
@@ -311,12 +318,13 @@ class Synthesis:
 
                 deriv = derive(A.inline_lets(load(name)), space=cfg.space)
                 if deriv is not None and _selections_of(deriv) <= set(self.selections):
-                    enqueue(study, deriv, f"reference:{name}")
+                    enqueue(study, deriv, f"reference:{name}", space=cfg.space)
             racing_trials = cfg.racing and len(self.metrics) == 1
+            scores.on_new = lambda new: new.prime(study)  # a resumed study's pruned trials of that score
 
             def evaluate(cand: Candidate, trial=None) -> tuple[float, ...]:
-                try:
-                    return racer.evaluate_trial(cand, trial)
+                try:  # on the train captures of the program's score
+                    return scores.racer(cand.program.score_spec).evaluate_trial(cand, trial)
                 except optuna.TrialPruned:
                     entered()  # a pruned trial is a candidate too (completed ones are counted on return)
                     raise
@@ -343,24 +351,26 @@ class Synthesis:
         search_seconds = clock.now() - search_start
         if not cfg.report:  # one worker of several: the hall of fame is chosen once, after all of them
             return {"worker": [share, shares], "history": self.history, "started": time.time() - clock.now(),
-                    "stats": {"enumeration": enum_stats, **racer.stats.as_dict(), "search_seconds": round(search_seconds, 2),
+                    "stats": {"enumeration": enum_stats, **scores.totals(racer.stats.as_dict()), "search_seconds": round(search_seconds, 2),
                               "waited_for_other_workers": round(claims.waited, 2) if claims else 0.0,
+                              "scores": scores.as_dict(cfg.space.scores),
                               "peak_rss_mb": peak_rss_mb(), "total_seconds": round(clock.now(), 2),
                               "captures": STATS.since(self.captures_mark), "phases": clock.as_dict()}}
 
         # 3. honest selection: top-k on train -> pick on validation -> report on test
         with clock.phase("final"):
             result = self._select_and_report(study, train)
-            stats = racer.stats.as_dict()
+            stats = scores.totals(racer.stats.as_dict())
             result["stats"] = {"enumeration": enum_stats, **stats, "trials": len(study.trials),
                                "completed": len(completed(study)), "rungs": [r.label for r in rungs],
                                "candidates": n_done[0], "search_seconds": round(search_seconds, 2),
                                "scoring_seconds": {"race": round(race_scoring, 2),
-                                                   "optuna": round(sum(racer.stats.rung_seconds) - race_scoring, 2)},
+                                                   "optuna": round(sum(stats["rung_seconds"]) - race_scoring, 2)},
                                "candidates_per_second": round(n_done[0] / search_seconds, 2) if search_seconds > 0 else None,
                                "captures": STATS.since(self.captures_mark), "peak_rss_mb": peak_rss_mb(),
                                "space": cfg.space.describe(), "max_size": cfg.max_size,
-                               "expensive_seconds_per_image": getattr(self, "expensive_cost", {})}
+                               "expensive_seconds_per_image": getattr(self, "expensive_cost", {}),
+                               "scores": scores.as_dict(cfg.space.scores)}
         result["stats"]["phases"] = clock.as_dict()
         if final is not None:
             result["stats"]["phases"]["final_estimate"] = {k: round(v, 4) if isinstance(v, float) else v
@@ -422,6 +432,8 @@ class Synthesis:
             bench = getattr(self, "train_sanity", None)
             search = bench.seconds / (3 * bench.n) if bench is not None else costs.search
             sanity_seconds = images * search * (costs.groups_covered + 2 + costs.groups_uncovered * costs.union / costs.search)
+        if len(cfg.space.scores) > 1:  # rows of another score are captured on val and test again, for that score
+            extra += (len(cfg.space.scores) - 1) * (n["val"] + n["test"])  # (at most: only the layers they read)
         single = len(self.metrics) == 1
         rows = cfg.pool + cfg.max_size if single else max(cfg.pool, 20)
         suite_seconds, suite_rows = 0.0, 0

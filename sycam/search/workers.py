@@ -155,6 +155,7 @@ def report(synth, workers: list[dict], search_seconds: float, restarts: dict[int
     from sycam.capture import CaptureRequest
     from sycam.search.budget import PHASES, TOLERANCE
     from sycam.lang import ast as A
+    from sycam.search.scores import merge_workers
     from sycam.search.study import completed, open_storage, open_study
     from sycam.search.synthesize import _search_request, peak_rss_mb, search_selections
     from sycam.workbench import Workbench
@@ -180,6 +181,7 @@ def report(synth, workers: list[dict], search_seconds: float, restarts: dict[int
                        "search_seconds": round(search_seconds, 2), "total_seconds": round(time.perf_counter() - started, 2),
                        "captures": captures, "workers": len(workers), "restarts": sum(restarts.values()),
                        "peak_rss_mb": peak_rss_mb(),
+                       "scores": merge_workers([w["stats"].get("scores", {}) for w in workers]),
                        "per_worker": [{"worker": w["worker"], **{k: w["stats"][k] for k in keys + (
                            "search_seconds", "waited_for_other_workers", "peak_rss_mb")}} for w in workers]}
     # the workers ran their phases side by side: each phase as long as its slowest worker's, then
