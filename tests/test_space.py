@@ -264,3 +264,33 @@ def test_a_search_with_the_expensive_recipro_terminals_and_mi(tmp_path, monkeypa
                                                                synthesis.bundle.stage_layers))
         train = synthesis.bench("train", compiled.request)
         assert scored[text] == pytest.approx(mean_score(train.score(compiled, synthesis.metrics)["iou"]), abs=1e-6), text
+
+
+def test_the_map_bucket_grows_with_the_budget_only() -> None:
+    from sycam.search.presets import PRESETS, map_bucket_for
+
+    default = PRESETS["default"]
+    assert map_bucket_for(default, 90, None) is None  # the default 90 s run: unchanged
+    assert map_bucket_for(default, 300, None) == 1500
+    assert map_bucket_for(default, 600, None) == 3000 == map_bucket_for(default, 3600, None)
+    assert map_bucket_for(default, 600, 100) is None  # --candidates: reproducible, no clock
+    assert map_bucket_for(PRESETS["small"], 600, None) is None  # a space that does not grow
+
+
+def test_value_keys_of_large_values_hash_a_seeded_sample_of_positions() -> None:
+    import torch
+
+    from sycam.search.enumerate import FINGERPRINT_POSITIONS, value_key
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.rand(4, 64, 32, 32, generator=g)  # 262,144 entries: sampled
+    assert v.numel() > FINGERPRINT_POSITIONS
+    assert value_key(v) == value_key(v.clone()) and value_key(v) != value_key(v * 1.01)
+    w = v.clone()
+    w.view(-1)[torch.randperm(v.numel(), generator=g)[: v.numel() // 4]] += 0.5  # a quarter of the entries change
+    assert value_key(w) != value_key(v)
+    small = torch.rand(3, 5, 7, generator=g)  # hashed everywhere: one entry changed changes the key
+    other = small.clone()
+    other[1, 2, 3] += 0.1
+    assert value_key(small) != value_key(other)
+    assert value_key(torch.full((2, 3), float("nan"))) is None
