@@ -294,3 +294,23 @@ def test_value_keys_of_large_values_hash_a_seeded_sample_of_positions() -> None:
     other[1, 2, 3] += 0.1
     assert value_key(small) != value_key(other)
     assert value_key(torch.full((2, 3), float("nan"))) is None
+
+
+def test_maps_beyond_the_size_limit_are_enumerated_from_the_banks_below() -> None:
+    """With ``map_max_size`` the enumerator goes on past ``max_size`` with Maps and Scalars only:
+    every program up to the limit is still there, the larger ones are Maps whose Tensor parts are
+    no larger than the limit."""
+    from sycam.lang import ast as A
+    from sycam.search.enumerate import Enumerator
+    from sycam.search.space import T
+
+    probe, resolver = _probe()
+    plain = Enumerator(probe, resolver, max_size=4)
+    small = {d.program().body for d in plain.run()}
+    grown = Enumerator(probe, resolver, max_size=4, map_bucket=600, map_max_size=6)
+    programs = grown.run()
+    sizes = [A.size(d.program().body) for d in programs if d.prod == "single"]
+    assert max(sizes) > 4 and grown.stats.largest > 4 and plain.stats.largest <= 4
+    assert not grown.banks[T].get(5) and not grown.banks[T].get(6)  # no Tensor beyond the limit
+    bodies = {d.program().body for d in programs}
+    assert len(small & bodies) >= 0.9 * len(small) and len(programs) > len(small)

@@ -161,6 +161,18 @@ def _search(s: dict[str, Any]) -> list[str]:
                      _s(r["break_even_candidates"], 1) if r["break_even_candidates"] is not None else "–"])
     out += _table(["candidates", "layers captured", "capture s", "valid/drawn", "sizes", "candidates/s (min–max)",
                    "ms per candidate", "naive s per candidate", "cached vs naive", "break-even (candidates)"], rows)
+    raced = [(kind, s[kind]) for kind in ("single", "multi") if kind in s and "raced" in s[kind]]
+    if raced:
+        out += ["Through the search's own scorer (`sycam.search.loop.Racer.race_list`: racing on the rungs below, "
+                "observational twins take their twin's values), same programs and captures:", ""]
+        out += _table(["candidates", "rungs", "scored per rung", "twins", "candidates/s (min–max)", "vs cached loop",
+                       "vs naive loop"],
+                      [[f"{kind}-layer", ", ".join(r["raced"]["rungs"]), " / ".join(map(str, r["raced"]["scored_per_rung"])),
+                        r["raced"]["observational_twins"],
+                        f"**{_s(r['raced']['candidates_per_second']['median'])}** ({_s(r['raced']['candidates_per_second']['min'])}–"
+                        f"{_s(r['raced']['candidates_per_second']['max'])})",
+                        f"{_s(r['raced_vs_cached'])}×", f"{_s(r['raced_vs_naive'])}×" if r.get("raced_vs_naive") else "–"]
+                       for kind, r in raced])
     for kind in ("single", "multi"):
         if kind in s:
             out.append(f"Examples ({kind}): " + "; ".join(f"`{e}`" for e in s[kind]["examples"]))

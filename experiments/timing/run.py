@@ -106,6 +106,8 @@ TARGETS = {
     "scorecam_vs_pgc": ("pytorch-grad-cam Score-CAM time / sycam Score-CAM time", 2.0, ">="),
     "search_rate": ("candidates scored per second (cached captures)", 100.0, ">="),
     "search_vs_naive": ("naive seconds per candidate / cached seconds per candidate", 50.0, ">="),
+    "race_rate_single": ("candidates per second through the search's race (racing + twins)", 500.0, ">="),
+    "race_rate_multi": ("candidates per second through the search's race (racing + twins)", 150.0, ">="),
     "scale_bounded": ("peak RSS growth from the smallest to the largest streamed set (MiB)", 64.0, "<="),
 }
 
@@ -453,6 +455,9 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             if kind in s:
                 rows.append(_check("search_rate", s[kind]["candidates_per_second"]["median"], f"{kind}-layer"))
                 rows.append(_check("search_vs_naive", s[kind]["speedup_vs_naive"], f"{kind}-layer"))
+                if "raced" in s[kind]:
+                    rows.append(_check(f"race_rate_{kind}", s[kind]["raced"]["candidates_per_second"]["median"],
+                                       f"{kind}-layer ({s[kind]['raced_vs_cached']:.2f}× the cached loop)"))
     streams = [r for r in results.get("scale", []) if r["mode"] == "stream"]
     if len(streams) >= 2:
         same_batch = [r for r in streams if r["batch"] == streams[0]["batch"]]

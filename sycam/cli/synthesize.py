@@ -112,8 +112,10 @@ def run(name: str, args: argparse.Namespace) -> int:
     else:
         print(format_front(result, metrics))
     print(captures_line(result.get("stats", {}).get("captures")))
-    if space.name != "default" or args.max_size is None and max_size != space.max_size:
-        print(f"{space.describe()}; enumerated up to size {max_size}")
+    largest = result.get("stats", {}).get("enumeration", {}).get("largest")
+    if space.name != "default" or args.max_size is None and max_size != space.max_size or (largest or 0) > max_size:
+        beyond = f" (Maps up to size {largest}: the map bucket grows with the budget)" if (largest or 0) > max_size else ""
+        print(f"{space.describe()}; enumerated up to size {max_size}{beyond}")
     if space.expensive:
         from sycam.search.expensive import cost_line
 

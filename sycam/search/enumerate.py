@@ -102,6 +102,7 @@ class EnumStats:
     invalid: int = 0  # NaN/Inf on the probe
     programs: int = 0  # whole programs that survived both dedupes
     program_duplicates: int = 0  # whole programs with the normalised maps of a smaller one
+    largest: int = 0  # the largest Map size that gave a program
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
@@ -125,7 +126,9 @@ class Enumerator:
     at most this many expressions are kept per (type, size), smallest first; ``map_bucket``: the
     same for Maps and Scalars, whose probe values are small (16 × 7 × 7 on MobileNetV2, against
     16 × 1280 × 7 × 7 for a Tensor): a run with time for many programs keeps more of them without
-    holding more Tensors (300 per size of those held 11 GB on MobileNetV2); ``space``: the
+    holding more Tensors (300 per size of those held 11 GB on MobileNetV2); ``map_max_size``:
+    beyond ``max_size``, Maps and Scalars alone are built (from the banks below) up to this size,
+    for as long as the time limit allows; ``space``: the
     productions it combines (:class:`~sycam.search.space.Space`; its expensive terminals need
     ``S``/``D`` in the probe).
     """
@@ -135,6 +138,7 @@ class Enumerator:
     max_size: int = 8
     bucket: int = 300
     map_bucket: int | None = None  # the bucket of Maps and Scalars (None: ``bucket``)
+    map_max_size: int | None = None  # Maps and Scalars (only) go on up to this size, while time is left
     multi_layer_from: int = 6  # Maps up to this size are also lifted over layer selections ...
     lifted: int = 40  # ... at most this many of them (the smallest)
     selections: tuple[str, ...] = SELECTIONS  # layer selections the multi-layer programs use
@@ -258,8 +262,8 @@ class Enumerator:
         maps_for_layers: list[_Entry] = []
         importance = self._importance()
         with torch.no_grad():
-            for size in range(1, self.max_size + 1):
-                for typ in (T, C, S, M):
+            for size in range(1, max(self.max_size, self.map_max_size or 0) + 1):
+                for typ in ((T, C, S, M) if size <= self.max_size else (S, M)):
                     for prod, kids in self._candidates(typ, size):
                         if len(self.banks[typ].get(size, [])) >= self._bucket(typ):
                             break
@@ -269,6 +273,7 @@ class Enumerator:
                         deriv = Derivation("single", (entry.deriv,))
                         if self._program(deriv, entry.value):
                             out.append(deriv)
+                            self.stats.largest = size
                         if size <= self.multi_layer_from and len(maps_for_layers) < self.lifted:
                             maps_for_layers.append(entry)
                         if (limit and len(out) >= limit) or (time_limit and time.perf_counter() - start > time_limit):

@@ -52,7 +52,7 @@ from sycam.search.sanity import CHECKS, SanityBench, thresholds
 from sycam.search.scores import ScoreBenches
 from sycam.search.select import Selection, simplified_form as _simplified  # noqa: F401  (re-exported)
 from sycam.search.space import DEFAULT, Derivation, Space, derive, selection_node
-from sycam.search.presets import map_bucket_for
+from sycam.search.presets import MAP_EXTRA_SIZE, map_bucket_for
 from sycam.search.study import Candidate, Objective, completed, enqueue, open_storage, open_study, record
 
 NO_WORSE_SUITE = ("iou", "energy_pg", "pointing_game", "deletion", "insertion")
@@ -288,8 +288,10 @@ class Synthesis:
         enum_stats: dict[str, float] = {}
         if cfg.enumerate:
             with clock.phase("enumerate"):
+                map_bucket = map_bucket_for(cfg.space, cfg.budget, cfg.candidates)  # None: not with --candidates
                 enumerator = Enumerator(probe, train.resolver, max_size=cfg.max_size, selections=self.selections,
-                                        space=cfg.space, map_bucket=map_bucket_for(cfg.space, cfg.budget, cfg.candidates))
+                                        space=cfg.space, map_bucket=map_bucket,
+                                        map_max_size=cfg.max_size + MAP_EXTRA_SIZE if map_bucket else None)
                 # with a candidate count the run is reproducible: no clock decides what is enumerated
                 derivs = enumerator.run(time_limit=None if cfg.candidates else max(1.0, enum_share * window))
                 enum_stats = enumerator.stats.as_dict()
