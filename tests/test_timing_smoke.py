@@ -141,6 +141,9 @@ def test_tiny_suite_end_to_end(tmp_path: Path) -> None:
     for kind in ("single", "multi"):
         s = saved["search"][kind]
         assert s["valid"] >= 1 and s["candidates_per_second"]["median"] > 0 and s["speedup_vs_naive"] > 0
+        raced = s["raced"]  # the race's own counts: every candidate on rung 0, scored or a twin
+        assert raced["rungs"][-1] == "exact" and raced["candidates_per_second"]["median"] > 0
+        assert raced["scored_per_rung"][0] + raced["observational_twins"] == s["valid"]
     assert [(r["n"], r["mode"]) for r in saved["scale"]] == [(16, "stream"), (32, "stream"), (16, "load")]
     assert all(r["images"] == r["n"] and r["rss_peak_mb"] >= r["rss_before_mb"] > 0 for r in saved["scale"])
     assert saved["profile"]["explain"]["ops_sycam"]["top"] and saved["profile"]["search"]["python"]["by_file"]
