@@ -180,6 +180,11 @@ def test_space_files(tmp_path) -> None:
     ('base = "full"\ninterleave = 1\n', "line 2: interleave: expected true or false"),
     ('base = "huge"\n', "line 1: base: 'huge' is not a preset"),
     ('operators = [\n', "not valid TOML"),
+    ('base = "default"\nscores = ["logit", "probb"]\n', "line 2: scores: 'probb' is not a score"),
+    ('scores = ["logit", "finer(0, 0.6)"]\n', "line 1: scores: 'finer(0, 0.6)' is not a score"),
+    ('scores = ["prob"]\n', 'line 1: scores: must include "logit"'),
+    ('scores = "prob"\n', "line 1: scores: expected a non-empty list of score directives"),
+    ('scores = []\n', "line 1: scores: expected a non-empty list"),
 ])
 def test_bad_space_files_say_where(tmp_path, text: str, message: str) -> None:
     path = tmp_path / "bad.toml"

@@ -213,19 +213,6 @@ def test_space_files_with_scores(tmp_path) -> None:
     assert PRESETS["default"].scores == (A.ScoreSpec(),)
 
 
-@pytest.mark.parametrize("text, message", [
-    ('base = "default"\nscores = ["logit", "probb"]\n', "line 2: scores: 'probb' is not a score"),
-    ('scores = ["logit", "finer(0, 0.6)"]\n', "line 1: scores: 'finer(0, 0.6)' is not a score"),
-    ('scores = ["prob"]\n', 'line 1: scores: must include "logit"'),
-    ('scores = "prob"\n', "line 1: scores: expected a non-empty list of score directives"),
-    ('scores = []\n', "line 1: scores: expected a non-empty list"),
-])
-def test_bad_scores_entries_name_the_file_and_the_entry(tmp_path, text: str, message: str) -> None:
-    path = tmp_path / "bad.toml"
-    path.write_text(text)
-    with pytest.raises(SycamError) as err:
-        load_space(str(path))
-    assert str(err.value).startswith(f"{path} {message}"), str(err.value)
 
 
 def test_workers_score_stats_merge() -> None:
