@@ -114,12 +114,19 @@ def mask_password(url: str) -> str:
 
 
 def open_study(storage: RDBStorage, name: str, directions: Sequence[str], seed: int,
-               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+               pruner: optuna.pruners.BasePruner | None = None, shared: bool = False) -> optuna.Study:
     """A study for ``directions``: TPE for one metric, NSGA-II for several. Both treat a trial with a
     positive constraint value (``trial.set_constraint``: a failed sanity check) as infeasible.
-    ``pruner`` (single objective only): stops trials on their reported intermediate values."""
+    ``pruner`` (single objective only): stops trials on their reported intermediate values.
+
+    ``shared``: workers sample the study at once; only then does TPE count the others' running
+    trials as liars (``constant_liar``, Optuna 5's default). Why not always: the liar reads every
+    trial from the storage at every choice, where TPE otherwise reads them once per trial; with
+    SQLite and a study of 1,000 trials that was 0.16 s against 0.10 s per trial of 13 choices
+    (measured), and one process has no running trial but its own, which the liar leaves out."""
     if len(directions) == 1:
-        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=20, multivariate=False)
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=20, multivariate=False,
+                                                                          constant_liar=shared)
     else:
         sampler = optuna.samplers.NSGAIISampler(seed=seed)
     try:

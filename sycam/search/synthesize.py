@@ -204,7 +204,7 @@ class Synthesis:
             share, shares = cfg.worker or (0, 1)
             storage = open_storage(storage_url)
             study = open_study(storage, cfg.study_name, directions, cfg.seed + share,  # each worker samples its own way
-                               pruner=pruner() if cfg.racing else None)
+                               pruner=pruner() if cfg.racing else None, shared=cfg.worker is not None)
             claims = Claims(storage, cfg.study_name, f"{self.out.resolve()}|{share}/{shares}") if cfg.worker else None
             self._write_manifest(storage_url)
 
