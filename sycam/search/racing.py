@@ -71,6 +71,12 @@ def reduced_side(input_size: tuple[int, int], metrics: Sequence[Metric]) -> int 
     not resolution-free or the input is not larger than that."""
     if not all(isinstance(m, RESOLUTION_FREE) for m in metrics):
         return None
+    return quarter_side(input_size)
+
+
+def quarter_side(input_size: tuple[int, int]) -> int | None:
+    """A quarter of the input's shorter side, at least :data:`MIN_SIDE`; None when that is not
+    smaller than the input (nothing to save). Partial rungs and the search's sanity checks rank there."""
     h, w = input_size
     side = max(MIN_SIDE, min(h, w) // 4)
     return side if side < min(h, w) else None
@@ -248,4 +254,4 @@ def admissible(costs: Sequence[float], seconds: float, eta: int = ETA, groups: i
     return max(entered, int((seconds - fixed) / per))
 
 
-__all__ = ["RESOLUTION_FREE", "Rung", "RungBench", "admissible", "promote", "reduced_side", "schedule"]
+__all__ = ["RESOLUTION_FREE", "Rung", "RungBench", "admissible", "promote", "quarter_side", "reduced_side", "schedule"]

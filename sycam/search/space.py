@@ -261,6 +261,12 @@ def reads_score(body: A.Expr) -> bool:
     return any(isinstance(n, A.Terminal) and n.kind in SCORED_TERMINALS for n in A.walk(body))
 
 
+def asks_score(space: "Space", body: A.Expr | None = None) -> bool:
+    """Does the sampler choose a score for a program of ``space``: where the space has several and
+    ``body`` (when given) reads one (:func:`reads_score`)."""
+    return len(space.scores) > 1 and (body is None or reads_score(body))
+
+
 def score_of(spec: A.ScoreSpec) -> A.ScoreSpec | None:
     """What a program carries for ``spec``: None for the logit (no ``score`` line is printed)."""
     return None if spec == A.ScoreSpec() else spec
@@ -272,7 +278,7 @@ def score_params(space: "Space", spec: A.ScoreSpec = A.ScoreSpec(),
     where ``body`` is given and reads no score: :func:`reads_score`, the sampler asks none then)."""
     from optuna.distributions import CategoricalDistribution
 
-    if len(space.scores) < 2 or (body is not None and not reads_score(body)):
+    if not asks_score(space, body):
         return {}, {}
     return {SCORE_PARAM: score_text(spec)}, {SCORE_PARAM: CategoricalDistribution(space.score_choices)}
 
@@ -424,6 +430,6 @@ class Sampler:
         """The program's score: one more categorical choice (:data:`SCORE_PARAM`) where the space
         has several and ``body`` (when given) reads a score (:func:`reads_score`), else the logit
         without asking."""
-        if len(self.space.scores) < 2 or (body is not None and not reads_score(body)):
+        if not asks_score(self.space, body):
             return A.ScoreSpec()
         return parse_score(self.choose(SCORE_PARAM, self.space.score_choices))

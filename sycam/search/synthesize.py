@@ -45,7 +45,7 @@ from sycam.search.enumerate import Enumerator
 from sycam.search.folds import check_folds
 from sycam.search.hall import distinct_structures
 from sycam.search.loop import Journal, Racer, probe_costs, probe_metric_seconds, pruner
-from sycam.search.racing import MIN_SIDE, Rung, RungBench, admissible, schedule
+from sycam.search.racing import Rung, RungBench, admissible, quarter_side, schedule
 from sycam.search.report import format_front, format_hall  # noqa: F401  (re-exported)
 from sycam.search.outputs import write_manifest
 from sycam.search.sanity import CHECKS, SanityBench, thresholds
@@ -222,9 +222,7 @@ class Synthesis:
                 self.widen = _search_request(resolver, A.ScoreSpec(), self.selections)
             probe = train.batches[0].caps.take(slice(0, 16))
             constraints, sanity = None, None
-            h, w = self.bundle.input_size  # the search's checks rank at racing's reduced side (SanityBench)
-            side = max(MIN_SIDE, min(h, w) // 4)
-            side = side if side < min(h, w) else None
+            side = quarter_side(tuple(self.bundle.input_size))  # the search's checks rank at racing's side (SanityBench)
             if cfg.sanity == "require":  # Optuna's sampler learns to avoid programs that fail a sanity check
                 sanity = self.sanity_bench("train", train.request, side=side)
                 limit = thresholds()
@@ -242,8 +240,7 @@ class Synthesis:
             self.scores = scores = ScoreBenches(train, racer, rungs, self.metrics, cfg.seed,
                                                 lambda request: self.bench("train", request), claims, (share, shares),
                                                 lambda request: self.sanity_bench("train", request, side=side), sanity)
-            self.train_sanity = sanity
-            final = self._final_cost(train) if clock.budget is not None else None
+            final = self._final_cost(train, sanity) if clock.budget is not None else None
         search_start = clock.now()
         window = clock.left() - (final.seconds() if final else 0.0)
         if final is not None and window < 0.25 * cfg.budget:  # say so now, and again under the hall of fame
@@ -415,9 +412,10 @@ class Synthesis:
                 rounds += 1  # at most two more pools: each check and each recorded trial costs time
                 chosen = [r for _, r in zip(range(cfg.pool), extra)]  # the next ones down the ranking
 
-    def _final_cost(self, train: Workbench) -> FinalCost:
+    def _final_cost(self, train: Workbench, sanity: SanityBench | None = None) -> FinalCost:
         """What the final phase will cost: capture and score times measured on a few train images
-        (see :class:`sycam.search.budget.FinalCost`)."""
+        (see :class:`sycam.search.budget.FinalCost`); ``sanity``: the train sanity bench, when built
+        (its captures price the validation ones)."""
         from sycam.programs import load
 
         cfg = self.cfg
@@ -432,8 +430,7 @@ class Synthesis:
             # the search's rows need about two requests (one layer; the stages), served like the train captures
             # priced by the train sanity bench's own captures where it was built (the search's request)
             images = 3 * min(cfg.sanity_images, n["val"])
-            bench = getattr(self, "train_sanity", None)
-            search = bench.seconds / (3 * bench.n) if bench is not None else costs.search
+            search = sanity.seconds / (3 * sanity.n) if sanity is not None else costs.search
             sanity_seconds = images * search * (costs.groups_covered + 2 + costs.groups_uncovered * costs.union / costs.search)
         if len(cfg.space.scores) > 1:  # rows of another score are captured on val and test again, for that score
             extra += (len(cfg.space.scores) - 1) * (n["val"] + n["test"])  # (at most: only the layers they read)
