@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ from sycam.errors import BOUNDARY, CaptureError, SycamError, as_sycam
 from sycam.lang.ast import ScoreSpec
 from sycam.reforward import Rescorer, reciprocal
 
-__all__ = ["CaptureRequest", "Captures", "capture", "target_scores", "finer_comparisons", "with_rescorer"]
+__all__ = ["CaptureRequest", "Captures", "capture", "target_scores", "finer_comparisons", "merge_requests", "with_rescorer"]
 
 
 #: CaptureRequest's sets of layers (each a subset of what is hooked)
@@ -381,6 +381,21 @@ def _reciprocal(model: nn.Module, module: nn.Module, name: str, x: Tensor, A: Te
     return reciprocal(model, module, name, x, A,
                       lambda out, b: _scores(out, targets[b], spec, None if comps is None else comps[b]),
                       lambda out, n: _check_logits(out, n, where), kernel)
+
+
+def merge_requests(requests: Iterable[CaptureRequest]) -> CaptureRequest:
+    """One request that serves them all (they must explain the same score)."""
+    reqs = list(requests)
+    if not reqs:
+        raise ValueError("no capture requests to merge")
+    scores = {r.score for r in reqs}
+    if len(scores) > 1:
+        raise ValueError(f"cannot share one capture between different scores: {sorted(map(str, scores))}")
+    layers: list[str] = []
+    for r in reqs:
+        layers += [name for name in r.layers if name not in layers]
+    return CaptureRequest(layers=tuple(layers), rescore=any(r.rescore for r in reqs), score=reqs[0].score,
+                          **{f: frozenset().union(*(getattr(r, f) for r in reqs)) for f in _LAYER_SETS})
 
 
 def with_rescorer(model: nn.Module, inputs: Tensor, targets: Tensor, caps: Captures, *,

@@ -21,36 +21,13 @@ from tqdm.auto import tqdm
 from sycam._inference import fast_forward
 from sycam._state import eval_mode
 from sycam.cache import STATS, CaptureCache, default_cache, model_key, tensor_bytes
-from sycam.capture import CaptureRequest, Captures, capture
+from sycam.capture import CaptureRequest, Captures, capture, merge_requests
 from sycam.compile import CompiledProgram, LayerResolver
 from sycam.data.base import Batch, Dataset, collate
 from sycam.errors import ProgramRuntimeError, SycamError
 from sycam.lang import ast as A
 from sycam.metrics import Metric, MetricInputs
 from sycam.models.bundle import ModelBundle
-
-
-def merge_requests(requests: Iterable[CaptureRequest]) -> CaptureRequest:
-    """One request that serves them all (they must explain the same score)."""
-    reqs = list(requests)
-    if not reqs:
-        raise ValueError("no capture requests to merge")
-    scores = {r.score for r in reqs}
-    if len(scores) > 1:
-        raise ValueError(f"cannot share one capture between different scores: {sorted(map(str, scores))}")
-    layers: list[str] = []
-    for r in reqs:
-        layers += [name for name in r.layers if name not in layers]
-    return CaptureRequest(
-        layers=tuple(layers),
-        grad_layers=frozenset().union(*(r.grad_layers for r in reqs)),
-        score_cam_layers=frozenset().union(*(r.score_cam_layers for r in reqs)),
-        ablation_layers=frozenset().union(*(r.ablation_layers for r in reqs)),
-        reciprocal_layers=frozenset().union(*(r.reciprocal_layers for r in reqs)),
-        reciprocal_onehot_layers=frozenset().union(*(r.reciprocal_onehot_layers for r in reqs)),
-        rescore=any(r.rescore for r in reqs),
-        score=reqs[0].score,
-    )
 
 
 def check_score(compiled: CompiledProgram, request: CaptureRequest) -> None:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from sycam.cache.pack import FORMAT, Entry, Unusable, ldexp, touch
-from sycam.capture import CaptureRequest, Captures, capture, with_rescorer
+from sycam.capture import CaptureRequest, Captures, capture, merge_requests, with_rescorer
 from sycam.errors import SycamError
 from sycam.lang.ast import ScoreSpec
 
@@ -169,7 +169,7 @@ class CaptureCache:
             targets = targets_fn()
         full = request
         if widen is not None and widen.score == request.score:
-            full = _merge(request, widen)
+            full = merge_requests([request, widen])
         todo = _missing_request(full, set(entry.index))
         fresh = capture(module, inputs, targets, todo)
         STATS.misses += not entry.index
@@ -324,15 +324,6 @@ def default_cache() -> CaptureCache | None:
     if cfg not in _DEFAULTS:
         _DEFAULTS[cfg] = CaptureCache.from_env()
     return _DEFAULTS[cfg]
-
-
-def _merge(a: CaptureRequest, b: CaptureRequest) -> CaptureRequest:
-    return CaptureRequest(layers=a.layers + tuple(n for n in b.layers if n not in a.layers),
-                          grad_layers=a.grad_layers | b.grad_layers, score_cam_layers=a.score_cam_layers | b.score_cam_layers,
-                          ablation_layers=a.ablation_layers | b.ablation_layers,
-                          reciprocal_layers=a.reciprocal_layers | b.reciprocal_layers,
-                          reciprocal_onehot_layers=a.reciprocal_onehot_layers | b.reciprocal_onehot_layers,
-                          rescore=a.rescore, score=a.score)
 
 
 def _env_gb() -> float:
