@@ -4,7 +4,8 @@ Every scored candidate is an Optuna trial whose user attributes hold the program
 and canonical hash, so a study in an RDB storage (SQLite by default, PostgreSQL/MySQL URLs for
 many machines) is the search's durable record: a killed run resumes from it, and several
 workers with the same ``--study`` share it. Enumerated candidates and reference programs are
-enqueued as waiting trials (``skip_if_exists``), so each is taken by exactly one worker.
+enqueued as waiting trials (``skip_if_exists``); on SQLite two workers may both take one waiting
+trial, which :func:`optimize` tolerates.
 """
 from __future__ import annotations
 
@@ -241,6 +242,36 @@ class Objective:
         if self.on_scored is not None:
             self.on_scored(trial, cand, values)
         return values[0] if len(values) == 1 else values
+
+
+def optimize(study: optuna.Study, objective: Callable[[optuna.trial.Trial], float | tuple[float, ...]],
+             n_trials: int | None = None, timeout: float | None = None) -> int:
+    """``study.optimize`` for workers that share a study; returns the trials this process ran.
+
+    SQLite ignores ``SELECT ... FOR UPDATE``, so two workers that ask at the same moment can both
+    take the same waiting (enqueued) trial: the first to finish stores it, and Optuna refuses the
+    second's ``tell`` ("Cannot tell a PRUNED trial") after the objective has run. The study then
+    holds the first worker's result, which is as good as ours: the run goes on with what is left
+    of ``n_trials`` or ``timeout`` instead of ending the worker."""
+    ran = [0]
+
+    def counted(trial: optuna.trial.Trial):
+        ran[0] += 1
+        return objective(trial)
+
+    start = time.monotonic()
+    while True:
+        left_trials = None if n_trials is None else n_trials - ran[0]
+        left_time = None if timeout is None else timeout - (time.monotonic() - start)
+        if (left_trials is not None and left_trials <= 0) or (left_time is not None and left_time <= 0):
+            return ran[0]
+        try:
+            study.optimize(counted, n_trials=left_trials, timeout=left_time, catch=(SycamError,), gc_after_trial=False)
+            return ran[0]
+        except ValueError as err:
+            if not str(err).startswith("Cannot tell a "):
+                raise
+            logging.getLogger(__name__).info("a trial taken by two workers: kept the other's result (%s)", err)
 
 
 def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

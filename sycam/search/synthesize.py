@@ -53,7 +53,7 @@ from sycam.search.scores import ScoreBenches
 from sycam.search.select import Selection, simplified_form as _simplified  # noqa: F401  (re-exported)
 from sycam.search.space import DEFAULT, Derivation, Space, derive, selection_node
 from sycam.search.presets import MAP_EXTRA_SIZE, map_bucket_for
-from sycam.search.study import Candidate, Objective, completed, enqueue, open_storage, open_study, record
+from sycam.search.study import Candidate, Objective, completed, enqueue, open_storage, open_study, optimize, record
 
 NO_WORSE_SUITE = ("iou", "energy_pg", "pointing_game", "deletion", "insertion")
 REFERENCES = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "layeravg", "winsorcam")
@@ -338,7 +338,7 @@ class Synthesis:
                 left = max(0, cfg.candidates - n_done[0])
                 n_trials = left // shares + (share < left % shares)
                 if n_trials:
-                    study.optimize(objective, n_trials=n_trials, catch=(SycamError,), gc_after_trial=False)
+                    optimize(study, objective, n_trials=n_trials)
             else:
                 if final is not None and racer.exact_seconds_per_image() is not None:  # measured now: re-plan
                     final.row_per_image = max(final.row_per_image, racer.exact_seconds_per_image())
@@ -346,7 +346,7 @@ class Synthesis:
                 remaining = clock.left() - (final.seconds() if final else 0.0)
                 clock.plan("optuna", remaining)
                 if remaining > 0:
-                    study.optimize(objective, timeout=remaining, catch=(SycamError,), gc_after_trial=False)
+                    optimize(study, objective, timeout=remaining)
             bar.close()
         search_seconds = clock.now() - search_start
         if not cfg.report:  # one worker of several: the hall of fame is chosen once, after all of them
