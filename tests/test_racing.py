@@ -138,6 +138,47 @@ def test_rung_scores_equal_exact_scores_at_the_exact_rung_and_on_every_image(bui
         assert bench.score(c, 0)[0] == pytest.approx(exact, abs=1e-6)
 
 
+def test_batched_rungs_give_each_candidate_exactly_its_own_values(builtin_train):
+    train, derivs = builtin_train
+    bench = RungBench(train, schedule(256, (64, 64), [IOU, get_metric("energy_pg")]), [IOU, get_metric("energy_pg")])
+    assert bench.batchable(0) and bench.batchable(1) and not bench.batchable(2)
+    compiled = [train.compile(d.program()) for d in derivs[::7][:40]]
+    for k in (0, 1):
+        one = []
+        for c in compiled:
+            try:
+                one.append(bench.score(c, k))
+            except ProgramRuntimeError:
+                one.append(None)
+        assert bench.score_many([(c, None, None) for c in compiled], k) == one  # bit for bit
+    assert any(v is not None for v in one)
+    with pytest.raises(ValueError, match="one batch"):
+        bench.score_many([(compiled[0], None, None)], 2)
+    slow = RungBench(train, schedule(256, (64, 64), [get_metric("deletion")]), [get_metric("deletion")])
+    assert not slow.batchable(0)  # the model runs per image: nothing to share
+
+
+def test_a_batched_race_decides_exactly_as_one_candidate_at_a_time(builtin_train, tmp_path, monkeypatch):
+    from sycam.lang.parse import parse
+
+    train, derivs = builtin_train
+    programs = list(_programs(derivs[:150]))
+    # observational twins (twice a map is the same normalised map), some in the batch of their original
+    programs += [(parse(f"2 * ({text})"), f"2 * ({text})", 1000 + i) for program, text, i in programs[::9]]
+    programs.sort(key=lambda item: (A.size(item[0].body), item[2]))
+    rungs = schedule(256, (64, 64), [IOU])
+    batched = Racer(RungBench(train, rungs, [IOU], seed=0), [IOU])
+    out = batched.race_list(programs, Journal(tmp_path / "b.jsonl", [IOU]), stop=lambda: False)
+    single = Racer(RungBench(train, rungs, [IOU], seed=0), [IOU])
+    monkeypatch.setattr(single, "batched", lambda k: False)
+    assert single.race_list(programs, Journal(tmp_path / "s.jsonl", [IOU]), stop=lambda: False) == out
+    for field_name in ("per_rung", "observational_duplicates", "invalid", "exact", "scored"):
+        assert getattr(batched.stats, field_name) == getattr(single.stats, field_name), field_name
+    assert batched.stats.observational_duplicates > 0  # twins inside a batch were met and shared
+    rows = lambda p: sorted(p.read_text().splitlines())  # noqa: E731
+    assert rows(tmp_path / "b.jsonl") == rows(tmp_path / "s.jsonl")
+
+
 def test_racing_keeps_the_exhaustive_best_on_a_fixed_list(builtin_train, tmp_path):
     train, derivs = builtin_train
     n = len(derivs)

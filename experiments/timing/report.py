@@ -177,6 +177,16 @@ def _search(s: dict[str, Any]) -> list[str]:
         if kind in s:
             out.append(f"Examples ({kind}): " + "; ".join(f"`{e}`" for e in s[kind]["examples"]))
             out.append("")
+    o = s.get("trial_overhead")
+    if o:
+        out += [f"Optuna's own cost per trial (`experiments/timing/search.py: trial_overhead`): {o['trials']} trials of "
+                "sycam's objective and define-by-run sampler over the default space, TPE with the two sanity "
+                "constraints, a scorer that costs nothing (values from each program's hash), by where the study lives:", ""]
+        names = {"sqlite": "SQLite (Optuna's RDB storage)", "mirrored": "mirrored: memory, written through to SQLite "
+                 "(`sycam.search.mirror`, the search)", "memory": "memory only (nothing durable)"}
+        out += _table(["study", "ms per trial", "ms per trial, last quarter"],
+                      [[names[k], _s(o[k]["seconds_per_trial"] * 1e3, 1), _s(o[k]["last_quarter_seconds_per_trial"] * 1e3, 1)]
+                       for k in ("sqlite", "mirrored", "memory")])
     return out
 
 

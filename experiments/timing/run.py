@@ -43,6 +43,7 @@ class Plan:
     search_multi: int  # candidates lifted over the stages
     search_rounds: int
     search_naive: tuple[int, int]  # naive-loop candidates timed (single, multi)
+    search_trials: int  # Optuna trials per storage in the trial-overhead measurement
     scale: list[tuple[int, int, str]]  # (images, batch, mode)
     scale_model: str
     scale_size: int
@@ -67,7 +68,7 @@ PLANS: dict[str, Plan] = {
         scorecam=[("mobilenet_v2", 1, 3, (*_VARIANTS, *_PEERS))],
         multilayer=("resnet50", 16, 5),
         search_model="mobilenet_v2", search_images=64, search_size=224, search_single=60, search_multi=20,
-        search_rounds=3, search_naive=(3, 2),
+        search_rounds=3, search_naive=(3, 2), search_trials=400,
         scale=[(1000, 64, "stream"), (10000, 64, "stream"), (1000, 256, "stream"), (1000, 64, "load")],
         scale_model="builtin", scale_size=64,
         profile=("resnet50", 16),
@@ -79,7 +80,7 @@ PLANS: dict[str, Plan] = {
         scorecam=[("mobilenet_v2", 1, 1, (*_VARIANTS, "pytorch-grad-cam"))],
         multilayer=("resnet50", 8, 2),
         search_model="mobilenet_v2", search_images=64, search_size=224, search_single=30, search_multi=10,
-        search_rounds=2, search_naive=(2, 1),
+        search_rounds=2, search_naive=(2, 1), search_trials=200,
         scale=[(1000, 64, "stream"), (4000, 64, "stream")],
         scale_model="builtin", scale_size=64,
         profile=("resnet50", 16),
@@ -91,7 +92,7 @@ PLANS: dict[str, Plan] = {
         scorecam=[("tiny", 1, 1, (*_VARIANTS, *_PEERS))],
         multilayer=("tiny", 2, 1),
         search_model="tiny", search_images=8, search_size=32, search_single=4, search_multi=2,
-        search_rounds=1, search_naive=(1, 1),
+        search_rounds=1, search_naive=(1, 1), search_trials=12,
         scale=[(16, 8, "stream"), (32, 8, "stream"), (16, 8, "load")],
         scale_model="tiny", scale_size=32,
         profile=("tiny", 2),
@@ -108,6 +109,8 @@ TARGETS = {
     "search_vs_naive": ("naive seconds per candidate / cached seconds per candidate", 50.0, ">="),
     "race_rate_single": ("candidates per second through the search's race (racing + twins)", 500.0, ">="),
     "race_rate_multi": ("candidates per second through the search's race (racing + twins)", 150.0, ">="),
+    "trial_storage": ("seconds per Optuna trial, study in SQLite / mirrored in memory (sycam.search.mirror)", 1.5, ">="),
+    "trial_mirror_cost": ("seconds per Optuna trial, mirrored / in memory only (the write-through's cost)", 2.0, "<="),
     "scale_bounded": ("peak RSS growth from the smallest to the largest streamed set (MiB)", 64.0, "<="),
 }
 
@@ -269,6 +272,10 @@ def section_search(plan: Plan, device: torch.device, log: Log, keep: dict[str, A
             keep["search_bench"], keep["search_programs"], keep["metric"] = bench, programs, metric
         else:
             del bench
+    from experiments.timing.search import trial_overhead
+
+    log(f"search: Optuna's cost per trial by storage, {plan.search_trials} trials each")
+    out["trial_overhead"] = trial_overhead(plan.search_trials, log=log)
     return out
 
 
@@ -458,6 +465,10 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 if "raced" in s[kind]:
                     rows.append(_check(f"race_rate_{kind}", s[kind]["raced"]["candidates_per_second"]["median"],
                                        f"{kind}-layer ({s[kind]['raced_vs_cached']:.2f}× the cached loop)"))
+        if "trial_overhead" in s:
+            o = s["trial_overhead"]
+            rows.append(_check("trial_storage", o["sqlite_vs_mirrored"], f"{o['trials']} trials"))
+            rows.append(_check("trial_mirror_cost", o["mirrored_vs_memory"], f"{o['trials']} trials"))
     streams = [r for r in results.get("scale", []) if r["mode"] == "stream"]
     if len(streams) >= 2:
         same_batch = [r for r in streams if r["batch"] == streams[0]["batch"]]
@@ -485,6 +496,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--scorecam-resnet", action="store_true",
                    help="also time Score-CAM on ResNet-50 layer4 (2048 forwards per image: ~10 min per contender on 1 CPU thread)")
     p.add_argument("--out", default=str(HERE), help="folder for report.json and report.md (default: experiments/timing)")
+    p.add_argument("--notes", default=str(HERE / "notes.md"),
+                   help="hand-written analysis appended to report.md (default: experiments/timing/notes.md)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--render-only", action="store_true",
                    help="measure nothing: re-render report.md from --out's report.json and notes.md (after editing notes)")
@@ -541,7 +554,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results["meta"]["total_seconds"] = sum(seconds.values())
     results["meta"]["loadavg"]["end"] = loadavg()
     results["targets"] = evaluate_targets(results)
-    notes = HERE / "notes.md"
+    results["meta"]["notes"] = args.notes
+    notes = Path(args.notes)
     (out_dir / "report.json").write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
     (out_dir / "report.md").write_text(render(results, notes.read_text(encoding="utf-8") if notes.is_file() else ""),
                                        encoding="utf-8")
@@ -557,7 +571,7 @@ def rerender(out_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SystemExit(f"--render-only: no report.json in {out_dir}; run the suite first")
     results = json.loads(path.read_text(encoding="utf-8"))
-    notes = HERE / "notes.md"
+    notes = Path(results["meta"].get("notes") or HERE / "notes.md")
     (out_dir / "report.md").write_text(render(results, notes.read_text(encoding="utf-8") if notes.is_file() else ""),
                                        encoding="utf-8")
     return results

@@ -221,3 +221,50 @@ def _resolver(bundle: ModelBundle):
 def score_programs_once(bench: Workbench, programs: Sequence[A.Program], metric: Metric) -> int:
     """Compile and score each program once on ``bench`` (the profiled workload). Returns valid count."""
     return _score_all(bench, [bench.compile(p) for p in programs], metric)
+
+
+def trial_overhead(n_trials: int, log: Callable[[str], None] | None = None, seed: int = 0) -> dict[str, Any]:
+    """Seconds per Optuna trial beyond scoring, by where the study lives: in SQLite through Optuna's
+    RDB storage (sycam's search before :mod:`sycam.search.mirror`), mirrored (sampled from memory,
+    each finished trial written to SQLite in one transaction: the search now), and in memory only
+    (the floor: nothing durable). Each runs ``n_trials`` of sycam's own objective, define-by-run
+    sampler over the default space and TPE as the search configures it (:func:`open_study`, with
+    the two sanity constraints), with a scorer that costs nothing: a value and constraints derived
+    from each program's canonical hash. Reported: the mean over all trials and over the last
+    quarter (TPE's cost grows with the study)."""
+    import hashlib
+    import tempfile
+
+    from optuna.storages import InMemoryStorage
+
+    from sycam.search.study import Objective, open_storage, open_study, optimize
+
+    def value(canon: str, salt: str) -> float:
+        return int(hashlib.sha256((salt + canon).encode()).hexdigest()[:8], 16) / 2 ** 32
+
+    out: dict[str, Any] = {"trials": n_trials}
+    for kind in ("sqlite", "mirrored", "memory"):
+        with tempfile.TemporaryDirectory() as folder:
+            storage = InMemoryStorage() if kind == "memory" else open_storage(f"sqlite:///{folder}/study.db")
+            study = open_study(storage, "overhead", ["maximize"], seed, in_memory=kind == "mirrored")  # type: ignore[arg-type]
+            objective = Objective(lambda cand: (value(cand.canon, "score"),),
+                                  constraints=lambda cand: {"randomisation_top": value(cand.canon, "r") - 0.8,
+                                                            "class_sensitivity": value(cand.canon, "c") - 0.8})
+            stamps: list[float] = []
+            study_optimize = study.optimize
+
+            def timed(*args, **kwargs):  # a timestamp as each trial ends
+                return study_optimize(*args, callbacks=[lambda s, t: stamps.append(time.perf_counter())], **kwargs)
+
+            study.optimize = timed  # type: ignore[method-assign]
+            t0 = time.perf_counter()
+            optimize(study, objective, n_trials=n_trials)
+            total = time.perf_counter() - t0
+            q = max(1, n_trials // 4)
+            last = (stamps[-1] - stamps[-q - 1]) / q if len(stamps) > q else total / n_trials
+            out[kind] = {"seconds_per_trial": total / n_trials, "last_quarter_seconds_per_trial": last}
+            if log:
+                log(f"    trial overhead, {kind}: {1e3 * total / n_trials:.1f} ms per trial ({1e3 * last:.1f} in the last quarter)")
+    out["sqlite_vs_mirrored"] = out["sqlite"]["seconds_per_trial"] / out["mirrored"]["seconds_per_trial"]
+    out["mirrored_vs_memory"] = out["mirrored"]["seconds_per_trial"] / out["memory"]["seconds_per_trial"]
+    return out

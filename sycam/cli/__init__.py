@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
 
 from sycam.errors import SycamError
 
@@ -58,13 +61,54 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(f"sycam.cli.{COMMANDS[args.command]}")
     try:
-        return int(module.run(args.command, args) or 0)
+        with insistent_interrupt():
+            return int(module.run(args.command, args) or 0)
     except SycamError as err:
         print(f"sycam {args.command}: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sycam {args.command}: interrupted; finished work is saved (run the same command again to resume)", file=sys.stderr)
         return 130
+
+
+#: seconds after a Ctrl-C at which it is raised again, should the first have been swallowed
+INSIST_AFTER = 2.0
+
+
+@contextlib.contextmanager
+def insistent_interrupt():
+    """Ctrl-C that always stops the command. Python swallows an exception raised inside a
+    garbage-collection callback ("Exception ignored in ..."), and a SIGINT that lands there (seen
+    in SQLAlchemy's weakref callbacks during a search) would leave the run going. So the first
+    SIGINT raises KeyboardInterrupt as usual and arms a timer: if the command is still inside this
+    block :data:`INSIST_AFTER` seconds later, KeyboardInterrupt is raised again (and again); one that
+    Python reports as swallowed is raised again at once, without the report.
+    POSIX main thread only; elsewhere Python's default handling stays."""
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum, _frame):  # SIGINT, then the timer's SIGALRM while still here
+        signal.setitimer(signal.ITIMER_REAL, INSIST_AFTER)
+        raise KeyboardInterrupt
+
+    default_hook = sys.unraisablehook
+
+    def swallowed(unraisable) -> None:  # the interrupt was lost in a callback: raise it again at once, quietly
+        if unraisable.exc_type is KeyboardInterrupt:
+            signal.setitimer(signal.ITIMER_REAL, 0.01)
+            return
+        default_hook(unraisable)
+
+    previous = signal.signal(signal.SIGINT, interrupt), signal.signal(signal.SIGALRM, interrupt)
+    sys.unraisablehook = swallowed
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGALRM, previous[1])
+        sys.unraisablehook = default_hook
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -46,6 +46,7 @@ from sycam.search.study import Candidate
 from sycam.workbench import CachedBatch, Workbench, merge_requests
 
 EXACT = "exact"
+BATCH = 32  # candidates scored together at a batched rung (RungBench.score_many)
 HEAD = 10  # the first candidates of a list go through every rung: always scored exactly, they time the rungs
 
 
@@ -174,18 +175,8 @@ class Racer:
         ProgramRuntimeError propagates (an invalid program)."""
         t0 = time.perf_counter()
         compiled = self._compiled(cand)
-        if cand.values is None:
-            cand.first = self.bench.first_maps(compiled, cand.params)
-            low = map_key(cand.first) + repr(sorted(cand.params.items())).encode()
-            if self.bench.rungs[0].exact:  # the first maps are the probe's
-                cand.probe_key = low
-            twin = self._twin(cand, low)
-            if twin is not None:
-                self.stats.observational_duplicates += 1
-                cand.first = None
-                cand.values = twin.values
-            else:
-                cand.values = {}
+        self._fingerprint(cand)
+        assert cand.values is not None
         hit = cand.values.get(k)
         if hit is not None:
             return hit
@@ -218,6 +209,69 @@ class Racer:
             if self.on_exact is not None:
                 self.on_exact(values)
         return values
+
+    def _fingerprint(self, cand: _Cand) -> None:
+        """Give ``cand`` its values entry: its twin's, or a new one (its rung-0 first maps kept
+        for rung 0). ProgramRuntimeError propagates (an invalid program)."""
+        if cand.values is not None:
+            return
+        cand.first = self.bench.first_maps(self._compiled(cand), cand.params)
+        low = map_key(cand.first) + repr(sorted(cand.params.items())).encode()
+        if self.bench.rungs[0].exact:  # the first maps are the probe's
+            cand.probe_key = low
+        twin = self._twin(cand, low)
+        if twin is not None:
+            self.stats.observational_duplicates += 1
+            cand.first = None
+            cand.values = twin.values
+        else:
+            cand.values = {}
+
+    def batched(self, k: int) -> bool:
+        """Does rung ``k`` score candidates many at a time (:meth:`values_many`)? Where the rung
+        bench can and no claims are made (workers claim each value on its own)."""
+        return self.claims is None and self.bench.batchable(k)
+
+    def values_many(self, cands: Sequence[_Cand], k: int) -> list[tuple[float, ...] | None]:
+        """:meth:`values_at` of many candidates at a partial rung (:meth:`batched`), their metric
+        values computed in one call (:meth:`RungBench.score_many`); twins within the batch are
+        scored once. None for an invalid program."""
+        t0 = time.perf_counter()
+        results: list[tuple[float, ...] | None] = [None] * len(cands)
+        owners: dict[int, int] = {}  # id of a values entry -> the candidate that scores it
+        todo, followers = [], []
+        for j, cand in enumerate(cands):
+            try:
+                self._fingerprint(cand)
+            except ProgramRuntimeError:
+                continue
+            assert cand.values is not None
+            hit = cand.values.get(k)
+            if hit is not None:
+                results[j] = hit
+            elif id(cand.values) in owners:
+                followers.append(j)
+            else:
+                owners[id(cand.values)] = j
+                todo.append(j)
+        scored = self.bench.score_many([(self._compiled(cands[j]), cands[j].params, cands[j].first if k == 0 else None)
+                                        for j in todo], k)
+        for j, values in zip(todo, scored):
+            cand = cands[j]
+            if k == 0:
+                cand.first = None
+            if values is None:
+                continue
+            assert cand.values is not None
+            cand.values[k] = results[j] = values
+            self.stats.per_rung[k] += 1
+            if k == 0:
+                self.stats.scored += 1
+        for j in followers:
+            assert cands[j].values is not None
+            results[j] = cands[j].values.get(k)
+        self.stats.rung_seconds[k] += time.perf_counter() - t0
+        return results
 
     # ---------------------------------------------------------------- the enumerator's programs
     def race_list(self, programs: Iterable[tuple[A.Program, str, object]], journal: Journal,
@@ -281,6 +335,29 @@ class Racer:
             vals[k][i] = values
             return values
 
+        def run_many(indices: Sequence[int], k: int) -> None:
+            """:func:`run` of many candidates at a batched rung, journaled values read back."""
+            todo = []
+            for i in indices:
+                values = journal.get(cands[i][0].text, labels[k])
+                if values is not None:
+                    self.stats.from_journal += 1
+                    vals[k][i] = values
+                else:
+                    todo.append(i)
+            for i, values in zip(todo, self.values_many([cands[i][0] for i in todo], k) if todo else []):
+                if values is None:
+                    self.stats.invalid += 1
+                    values = tuple(math.nan for _ in self.metrics)
+                journal.add(cands[i][0].text, values, labels[k])
+                vals[k][i] = values
+
+        waiting: list[int] = []  # rung 0 of a batched race: candidates entered, not yet scored
+
+        def flush() -> None:
+            run_many(waiting, 0)
+            waiting.clear()
+
         bound = limit if limit is not None else math.inf
         heads = []
         while len(cands) < min(head, bound):  # the head: every rung at once
@@ -299,6 +376,7 @@ class Racer:
                 break
             if not journaled(nxt[1], 0):
                 if not closed and admit is not None and fresh % 32 == 0:
+                    flush()  # the costs admit reads include every candidate entered
                     cap = min(bound, max(len(cands), admit(self.seconds_per_candidate(), len(cands),
                                                            len(set(sizes.values())))))
                 closed = closed or stop() or len(cands) >= cap
@@ -308,21 +386,30 @@ class Racer:
                 fresh += 1
             i = enter()
             assert i is not None
-            if self._mine(i):
+            if self.batched(0):
+                waiting.append(i)
+                if len(waiting) == BATCH:
+                    flush()
+            elif self._mine(i):
                 run(i, 0)
             else:  # another worker's: its value is taken (or computed) once this worker's own are done
                 others.append(i)
+        flush()
         for i in others:
             run(i, 0)
         cut = False
         for k in range(self.n_rungs - 1):
-            for i in self._mine_first(promote(vals[k], self.signs, self.eta, sizes)):
-                if i in vals[k + 1]:
-                    continue
-                if not journaled(cands[i][0].text, k + 1) and stop():
+            going = [i for i in self._mine_first(promote(vals[k], self.signs, self.eta, sizes)) if i not in vals[k + 1]]
+            step = BATCH if self.batched(k + 1) else 1
+            for g in range(0, len(going), step):
+                group = going[g:g + step]
+                if any(not journaled(cands[i][0].text, k + 1) for i in group) and stop():
                     cut = True
                     break
-                run(i, k + 1)
+                if step > 1:
+                    run_many(group, k + 1)
+                else:
+                    run(group[0], k + 1)
             if cut:
                 # the clock ran out: the leaders of the last complete rung still get their exact score
                 for i in promote(vals[k], self.signs, self.eta)[: self.eta]:

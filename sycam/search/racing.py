@@ -33,7 +33,9 @@ import torch.nn.functional as F
 from sycam.capture import Captures
 from sycam.compile import CompiledProgram
 from sycam.data.base import Batch
+from sycam.errors import ProgramRuntimeError
 from sycam.metrics import Metric
+from sycam.metrics.base import MetricInputs
 from sycam.metrics.complexity import Sparsity
 from sycam.metrics.localisation import CentreOfMassDistance, EnergyPointingGame, OtsuIoU, ThresholdIoU
 from sycam.workbench import CachedBatch, Workbench, mean_score
@@ -45,6 +47,8 @@ RESOLUTION_FREE: tuple[type, ...] = (OtsuIoU, ThresholdIoU, EnergyPointingGame, 
 ETA = 3  # promotion factor: the best third goes on, with three times the images
 FIRST_IMAGES = 16  # images of the first rung
 MIN_SIDE = 32  # no rung below 32×32 pixels
+#: what a metric may need for its values of many candidates to come from one call
+BATCHABLE_NEEDS = frozenset({"mask"})
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class RungBench:
         self.metrics = list(metrics)
         self.n = sum(len(cb.targets) for cb in self.bench.batches)
         self._validated: set[tuple[int, str]] = set()
+        self._masks: dict[tuple[int, int, int], torch.Tensor] = {}
         self._chunks: list[list[CachedBatch]] = []
         partial = [r for r in self.rungs if not r.exact]
         sub = None
@@ -164,6 +169,60 @@ class RungBench:
                 out[m.name].append(m(inputs, validate=key not in self._validated).cpu())
                 self._validated.add(key)
         return tuple(mean_score(torch.cat(out[m.name])) for m in self.metrics)
+
+
+    def batchable(self, k: int) -> bool:
+        """Can rung ``k`` score many candidates in one metric call (:meth:`score_many`)? A partial
+        rung whose metrics see only maps and masks, each image on its own (every localisation and
+        complexity metric; not those that run the model or the explainer)."""
+        return not self.rungs[k].exact and all(m.needs <= BATCHABLE_NEEDS for m in self.metrics)
+
+    def score_many(self, items: Sequence[tuple[CompiledProgram, Mapping[str, float] | None, object]],
+                   k: int) -> list[tuple[float, ...] | None]:
+        """:meth:`score` of many candidates ``(compiled, params, first)`` at a partial rung: each
+        program computes its maps, chunk by chunk, and the maps of all candidates meet in one
+        call of each metric (against the chunk's masks repeated). Per-image metrics make every
+        value exactly what :meth:`score` gives; one call instead of one per candidate saves
+        most of the metric's cost at a rung's small sizes (0.4 against 2.6 ms per candidate for
+        Otsu IoU on 16 maps of 56×56, timed). None where a program fails (ProgramRuntimeError)."""
+        if not self.batchable(k):
+            raise ValueError(f"racing: rung {self.rungs[k].label} cannot score candidates in one batch")
+        alive = [True] * len(items)
+        out: list[dict[str, list[torch.Tensor]]] = [{m.name: [] for m in self.metrics} for _ in items]
+        for c, cb in enumerate(self._chunks[k]):
+            maps, who = [], []
+            for j, (compiled, params, first) in enumerate(items):
+                if not alive[j]:
+                    continue
+                try:
+                    maps.append(first if (c == 0 and k == 0 and first is not None) else compiled(cb.caps, params))
+                    who.append(j)
+                except ProgramRuntimeError:
+                    alive[j] = False
+            if not who:
+                continue
+            b = len(cb.targets)
+            inputs = MetricInputs(maps=torch.cat(maps), targets=cb.targets.repeat(len(who)),
+                                  masks=self._repeated_masks(k, c, cb, len(who)))
+            for m in self.metrics:
+                key = (k, m.name)
+                values = m(inputs, validate=key not in self._validated).cpu().view(len(who), b)
+                self._validated.add(key)
+                for row, j in enumerate(who):
+                    out[j][m.name].append(values[row])
+        return [tuple(mean_score(torch.cat(out[j][m.name])) for m in self.metrics) if alive[j] else None
+                for j in range(len(items))]
+
+    def _repeated_masks(self, k: int, c: int, cb: CachedBatch, times: int) -> torch.Tensor | None:
+        """The chunk's masks ``times`` over, kept (one tensor per size, so the metrics' per-mask
+        caches hit)."""
+        if cb.batch.masks is None:
+            return None
+        key = (k, c, times)
+        hit = self._masks.get(key)
+        if hit is None:
+            hit = self._masks[key] = cb.batch.masks.repeat(times, 1, 1)
+        return hit
 
 
 def _gather(batches: Sequence[CachedBatch], order: Sequence[int]) -> CachedBatch:
@@ -254,4 +313,4 @@ def admissible(costs: Sequence[float], seconds: float, eta: int = ETA, groups: i
     return max(entered, int((seconds - fixed) / per))
 
 
-__all__ = ["RESOLUTION_FREE", "Rung", "RungBench", "admissible", "promote", "quarter_side", "reduced_side", "schedule"]
+__all__ = ["BATCHABLE_NEEDS", "RESOLUTION_FREE", "Rung", "RungBench", "admissible", "promote", "quarter_side", "reduced_side", "schedule"]

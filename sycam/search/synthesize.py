@@ -53,7 +53,8 @@ from sycam.search.scores import ScoreBenches
 from sycam.search.select import Selection, simplified_form as _simplified  # noqa: F401  (re-exported)
 from sycam.search.space import DEFAULT, Derivation, Space, derive, selection_node
 from sycam.search.presets import MAP_EXTRA_SIZE, map_bucket_for
-from sycam.search.study import Candidate, Objective, completed, enqueue, open_storage, open_study, optimize, record
+from sycam.search.study import (TPE_GOOD_MAX, Candidate, Objective, completed, enqueue, open_storage, open_study, optimize,
+                                record)
 
 NO_WORSE_SUITE = ("iou", "energy_pg", "pointing_game", "deletion", "insertion")
 REFERENCES = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "layeravg", "winsorcam")
@@ -204,7 +205,8 @@ class Synthesis:
             share, shares = cfg.worker or (0, 1)
             storage = open_storage(storage_url)
             study = open_study(storage, cfg.study_name, directions, cfg.seed + share,  # each worker samples its own way
-                               pruner=pruner() if cfg.racing else None, shared=cfg.worker is not None)
+                               pruner=pruner() if cfg.racing else None, shared=cfg.worker is not None,
+                               in_memory=cfg.worker is None)
             claims = Claims(storage, cfg.study_name, f"{self.out.resolve()}|{share}/{shares}") if cfg.worker else None
             self._write_manifest(storage_url)
 
@@ -331,6 +333,7 @@ class Synthesis:
 
             objective = Objective(evaluate, max_depth=cfg.max_depth, selections=self.selections,
                                   on_scored=lambda trial, cand, values: entered(), constraints=constraints,
+                                  constrain_top=TPE_GOOD_MAX if len(self.metrics) == 1 else None, sign=sign,
                                   pass_trial=racing_trials, space=cfg.space)
             objective.prime(study)
             racer.prime(study)
