@@ -25,3 +25,12 @@ def test_final_cost_prices_no_worse_than_and_its_suite() -> None:
                      overlay=0, rows=5, extra_captures=20, suite_per_image=0.1, suite_rows=3)
     assert cost.parts()["captures"] == pytest.approx(0.5 * (20 + 30 + 20))
     assert cost.parts()["suite"] == pytest.approx(0.1 * (3 * 20 + 2 * 30))
+
+
+def test_final_cost_prices_the_validation_checks_of_every_row() -> None:
+    cost = FinalCost(capture_per_image=0.0, references_per_image=0.0, row_per_image=0.0, train=190, val=48, test=62,
+                     overlay=0, rows=47, check_per_image=0.02, sanity_images=32)
+    assert cost.parts()["checks"] == pytest.approx(0.02 * 32 * 47)
+    assert cost.describe() == "checks 30 s"
+    assert FinalCost(capture_per_image=0.0, references_per_image=0.0, row_per_image=0.0, train=1, val=1, test=1,
+                     overlay=0, rows=47).parts()["checks"] == 0.0  # --sanity off: nothing checked

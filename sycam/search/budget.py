@@ -44,7 +44,13 @@ class FinalCost:
     ``suite_rows``: how many rows are expected to be checked with them on validation (the lazy
     Pareto front's, :mod:`sycam.search.select`), plus the best program and the reference on test.
 
+    ``check_per_image``: the validation sanity checks of one row on one image (``sanity_images``
+    images per row: every row of the pool is checked under ``--sanity require|flag``), measured:
+    three map evaluations and three rankings of the input's pixels; the rankings were a third of a
+    600 s MobileNetV2 run's final phase, which the estimate had left out.
+
     seconds = 1.1 · (capture_per_image · (val + test + overlay + extra) + sanity_seconds
+    + check_per_image · sanity_images · rows
     + references_per_image · (val + test) + row_per_image · (rows · val + hall · test)
     + suite_per_image · (suite_rows · val + 2 · test)) + allowance.
     """
@@ -62,12 +68,17 @@ class FinalCost:
     suite_per_image: float = 0.0  # --no-worse-than: the suite's costly metrics, per row and image
     suite_rows: int = 0
     sanity_seconds: float = 0.0
+    #: checking one row on one validation image: three maps (trained, head-randomised, other
+    #: class) and their pixel ranks at the input size, measured; ``sanity_images`` per row
+    check_per_image: float = 0.0
+    sanity_images: int = 0
 
     def parts(self) -> dict[str, float]:
         """The estimate's terms in seconds (before the safety margin): what the printout names."""
         captured = self.val + self.test + self.overlay + self.extra_captures
         return {"captures": self.capture_per_image * captured,
                 "sanity": self.sanity_seconds,
+                "checks": self.check_per_image * self.sanity_images * self.rows,
                 "references": self.references_per_image * (self.val + self.test),
                 "programs": self.row_per_image * (self.rows * self.val + min(self.rows, self.hall or self.rows) * self.test),
                 "suite": self.suite_per_image * (self.suite_rows * self.val + 2 * self.test) if self.suite_rows else 0.0}

@@ -48,7 +48,7 @@ from sycam.search.loop import Journal, Racer, probe_costs, probe_metric_seconds,
 from sycam.search.racing import Rung, RungBench, admissible, quarter_side, schedule
 from sycam.search.report import format_front, format_hall  # noqa: F401  (re-exported)
 from sycam.search.outputs import write_manifest
-from sycam.search.sanity import CHECKS, SanityBench, thresholds
+from sycam.search.sanity import CHECKS, SanityBench, rank_seconds_per_image, thresholds
 from sycam.search.scores import ScoreBenches
 from sycam.search.select import Selection, simplified_form as _simplified  # noqa: F401  (re-exported)
 from sycam.search.space import DEFAULT, Derivation, Space, derive, selection_node
@@ -428,13 +428,14 @@ class Synthesis:
             progress=False, cache=None), refs, self.metrics)
         n = {split: len(ds) for split, ds in self.datasets.items()}
         extra = n["val"] if cfg.no_worse_than else 0
-        sanity_seconds = 0.0
+        sanity_seconds, check_per_image = 0.0, 0.0
         if cfg.sanity != "off":  # SanityBench: three captures (trained, head-randomised, other class) per request;
             # the search's rows need about two requests (one layer; the stages), served like the train captures
             # priced by the train sanity bench's own captures where it was built (the search's request)
             images = 3 * min(cfg.sanity_images, n["val"])
             search = sanity.seconds / (3 * sanity.n) if sanity is not None else costs.search
             sanity_seconds = images * search * (costs.groups_covered + 2 + costs.groups_uncovered * costs.union / costs.search)
+            check_per_image = 3 * (costs.references / max(1, len(refs)) + rank_seconds_per_image(tuple(self.bundle.input_size), device=self.device))
         if len(cfg.space.scores) > 1:  # rows of another score are captured on val and test again, for that score
             extra += (len(cfg.space.scores) - 1) * (n["val"] + n["test"])  # (at most: only the layers they read)
         single = len(self.metrics) == 1
@@ -454,7 +455,9 @@ class Synthesis:
         return FinalCost(capture_per_image=costs.union, references_per_image=costs.references,
                          row_per_image=costs.references / max(1, len(refs)), sanity_seconds=sanity_seconds, train=n["train"], val=n["val"],
                          test=n["test"], overlay=min(cfg.batch_size, n["test"]), rows=rows, extra_captures=extra,
-                         hall=cfg.max_size if single else None, suite_per_image=suite_seconds, suite_rows=suite_rows)
+                         hall=cfg.max_size if single else None, suite_per_image=suite_seconds, suite_rows=suite_rows,
+                         check_per_image=check_per_image,
+                         sanity_images=min(cfg.sanity_images, n["val"]) if cfg.sanity != "off" else 0)
 
     # ------------------------------------------------------------------ selection and outputs
     def sanity_bench(self, split: str, request: CaptureRequest, side: int | None = None) -> SanityBench:
