@@ -45,7 +45,6 @@ class MirroredStorage(BaseStorage):
             self._mem.set_study_system_attr(self._study_id, key, value)
         self._known: set[int] = set()  # durable trial ids in memory: written by us or read back
         self._pulled_at = -float("inf")
-        self.written = 0
         self.pull()
 
     # ------------------------------------------------------------------ the mirror
@@ -63,7 +62,6 @@ class MirroredStorage(BaseStorage):
     def _write_through(self, trial_id: int) -> None:
         durable_id = self.durable.create_new_trial(self._durable_id, template_trial=self._mem.get_trial(trial_id))
         self._known.add(durable_id)
-        self.written += 1
 
     def _check(self, study_id: int) -> None:
         if study_id != self._study_id:

@@ -304,7 +304,8 @@ class Objective:
 
 
 def optimize(study: optuna.Study, objective: Callable[[optuna.trial.Trial], float | tuple[float, ...]],
-             n_trials: int | None = None, timeout: float | None = None) -> int:
+             n_trials: int | None = None, timeout: float | None = None,
+             callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = ()) -> int:
     """``study.optimize`` for workers that share a study; returns the trials this process ran.
 
     SQLite ignores ``SELECT ... FOR UPDATE``, so two workers that ask at the same moment can both
@@ -325,7 +326,8 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.trial.Trial], floa
         if (left_trials is not None and left_trials <= 0) or (left_time is not None and left_time <= 0):
             return ran[0]
         try:
-            study.optimize(counted, n_trials=left_trials, timeout=left_time, catch=(SycamError,), gc_after_trial=False)
+            study.optimize(counted, n_trials=left_trials, timeout=left_time, catch=(SycamError,), gc_after_trial=False,
+                           callbacks=list(callbacks))
             return ran[0]
         except ValueError as err:
             if not str(err).startswith("Cannot tell a "):
