@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from sycam import kernels as K
 from sycam.capture import CaptureRequest, Captures
+from sycam.cse import NodeKey, SharedView, shareable
 from sycam.errors import LayerError, ParamError, ProgramRuntimeError
 from sycam.lang import ast as A
 from sycam.lang.ops import TABLE, Applied, OpSpec, operator_of
@@ -39,6 +40,11 @@ class LayerResolver:
         self.convs = conv_layers(module)
         self._default = self.by_name(default) if default is not None else (self.convs[-1] if self.convs else None)
         self._stages = [self.by_name(s) for s in stages] if stages else None
+
+    @property
+    def identity(self) -> tuple[int, str | None, tuple[str, ...]]:
+        """What decides the layers a program reads: the model, the default layer, the stages."""
+        return (id(self.module), self._default, tuple(self._stages or ()))
 
     @property
     def default(self) -> str:
@@ -137,6 +143,7 @@ class _Ctx:
     caps: Captures
     params: Mapping[str, float]
     memo: dict
+    shared: SharedView | None = None  # values other programs of a batch compute too (sycam.cse)
 
 
 class CompiledProgram:
@@ -152,6 +159,8 @@ class CompiledProgram:
         # equal sub-expressions share one value (e.g. the mean_hw(G) of both lets of Winsor-CAM)
         first: dict[A.Expr, int] = {}
         self._canon: dict[int, int] = {id(n): first.setdefault(n, id(n)) for n in A.walk(self.expr)}
+        self._param_names: dict[int, tuple[str, ...]] = {}  # id(node) -> the ?params below it
+        self._below(self.expr)
         needs: dict[str, set[str]] = {k: set() for k in ("A", "G", "S", "D", "R", "R1")}
         self._collect(self.expr, None, needs)
         layers = sorted(set().union(*needs.values()), key=self._order)
@@ -165,6 +174,20 @@ class CompiledProgram:
             rescore=any(isinstance(n, A.Call) and TABLE[n.fn].needs_model for n in A.walk(self.expr)),
             score=self.score,
         )
+
+    def _below(self, node: A.Expr) -> tuple[str, ...]:
+        names = {node.name} if isinstance(node, A.Param) else set()
+        for child in A.children(node):
+            names.update(self._below(child))
+        out = self._param_names[id(node)] = tuple(sorted(names))
+        return out
+
+    def node_keys(self, params: Mapping[str, float] | None = None) -> dict[int, NodeKey]:
+        """The structural key of every computing sub-expression (by node id) with these params:
+        what a batch of programs shares (:class:`sycam.cse.SharedValues`)."""
+        values = self.param_values(params)
+        return {id(n): NodeKey(n, tuple((name, values[name]) for name in self._param_names[id(n)]))
+                for n in A.walk(self.expr) if shareable(n)}
 
     def _order(self, name: str) -> int:
         return self.resolver.names.index(name) if name in self.resolver.names else -1
@@ -213,37 +236,57 @@ class CompiledProgram:
         return values
 
     # -------------------------------------------------------------- evaluation
-    def raw(self, caps: Captures, params: Mapping[str, float] | None = None) -> Tensor:
-        """The program's Map before upsampling and normalisation, (B, h, w)."""
-        ctx = _Ctx(caps, self.param_values(params), {})
+    def raw(self, caps: Captures, params: Mapping[str, float] | None = None, shared: SharedView | None = None) -> Tensor:
+        """The program's Map before upsampling and normalisation, (B, h, w). ``shared``: the
+        sub-expression values of a batch of programs on these same captures (:mod:`sycam.cse`)."""
+        ctx = _Ctx(caps, self.param_values(params), {}, shared)
         out = self._eval(self.expr, None, ctx)
         assert isinstance(out, Tensor) and out.ndim == 3, "type checker guarantees a Map"
         return out
 
-    def __call__(self, caps: Captures, params: Mapping[str, float] | None = None, chunk_size: int | None = None) -> Tensor:
+    def __call__(self, caps: Captures, params: Mapping[str, float] | None = None, chunk_size: int | None = None,
+                 shared: SharedView | None = None) -> Tensor:
         """Normalised maps (B, H, W) in [0, 1] at the input size. Evaluated in batch chunks of
-        ``chunk_size`` images (all at once by default)."""
+        ``chunk_size`` images (all at once by default); ``shared`` as in :meth:`raw` (whole batch only)."""
         batch = int(caps.Y.shape[0])
         step = chunk_size or batch
-        outs = [self._finish(self.raw(caps.take(slice(i, i + step)), params), caps.input_size, i)
+        if shared is not None and step < batch:
+            raise ValueError("shared sub-expressions need the whole batch evaluated at once (no chunk_size)")
+        outs = [self._finish(self.raw(caps.take(slice(i, i + step)), params, shared), caps.input_size, i)
                 for i in range(0, batch, step)]
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
-    def _finish(self, raw: Tensor, size: tuple[int, int], offset: int) -> Tensor:
+    def native(self, caps: Captures, params: Mapping[str, float] | None = None, shared: SharedView | None = None) -> Tensor:
+        """Normalised maps (B, h, w) on the program's own grid, before upsampling. Two programs
+        equal here are equal at every size: upsampling is linear and the normalisation ignores
+        scale and offset (the search's cheap confirmation of twins)."""
+        return K.norm(self._finite(self.raw(caps, params, shared), 0).float())
+
+    def _finite(self, raw: Tensor, offset: int) -> Tensor:
         finite = torch.isfinite(raw).flatten(1).all(1)
         if not bool(finite.all()):
             bad = (~finite).nonzero().flatten().add(offset).tolist()
             raise ProgramRuntimeError(f"program yields NaN or Inf for image(s) {bad[:10]}{'...' if len(bad) > 10 else ''}: "
                                       "it is invalid on this input")
-        return K.norm(K.resize(raw.float(), size))
+        return raw
+
+    def _finish(self, raw: Tensor, size: tuple[int, int], offset: int) -> Tensor:
+        return K.norm(K.resize(self._finite(raw, offset).float(), size))
 
     def _eval(self, node: A.Expr, layer: str | None, ctx: _Ctx) -> K.Value:
         key = (self._canon.get(id(node), id(node)), layer)
         hit = ctx.memo.get(key)
         if hit is not None:
             return hit
+        if ctx.shared is not None:
+            hit = ctx.shared.get(node, layer)
+            if hit is not None:
+                ctx.memo[key] = hit
+                return hit
         out = self._compute(node, layer, ctx)
         ctx.memo[key] = out
+        if ctx.shared is not None:
+            ctx.shared.put(node, layer, out)
         return out
 
     def _scalar(self, node: A.Num | A.Param, ctx: _Ctx) -> float:

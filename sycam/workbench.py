@@ -12,7 +12,7 @@ import functools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -23,6 +23,7 @@ from sycam._state import eval_mode
 from sycam.cache import STATS, CaptureCache, default_cache, model_key, tensor_bytes
 from sycam.capture import CaptureRequest, Captures, capture, merge_requests
 from sycam.compile import CompiledProgram, LayerResolver
+from sycam.cse import SharedValues
 from sycam.data.base import Batch, Dataset, collate
 from sycam.errors import ProgramRuntimeError, SycamError
 from sycam.lang import ast as A
@@ -242,37 +243,70 @@ class Workbench:
 
         Raises :class:`ProgramRuntimeError` when the program yields NaN/Inf on some image.
         """
-        check_score(compiled, self.request)
+        out = self.score_many([(compiled, params)], metrics)[0]
+        if isinstance(out, ProgramRuntimeError):
+            raise out
+        return out
+
+    def score_many(self, items: Sequence[tuple[CompiledProgram, Mapping[str, float] | None]],
+                   metrics: Sequence[Metric]) -> list[dict[str, Tensor] | ProgramRuntimeError]:
+        """:meth:`score` of several programs ``(compiled, params)`` in one pass over the cached
+        batches: on each batch, what several of them compute is computed once
+        (:class:`sycam.cse.SharedValues`), and each metric is called per program as :meth:`score`
+        does, so every value is exactly the one :meth:`score` gives. A program that yields NaN/Inf
+        gets its :class:`ProgramRuntimeError` in place of values."""
+        for compiled, _ in items:
+            check_score(compiled, self.request)
         self.load()
-        out: dict[str, list[Tensor]] = {m.name: [] for m in metrics}
-        # the first program scored with a metric checks every batch against that metric's needs;
-        # after that only the maps change, and the compiler guarantees them finite and in [0, 1]
+        out: list[dict[str, list[Tensor]]] = [{m.name: [] for m in metrics} for _ in items]
+        failed: dict[int, ProgramRuntimeError] = {}
+        batch = SharedValues(items) if len(items) > 1 else None
+        # the first call with a metric checks every batch against that metric's needs; after
+        # that only the maps change, and the compiler guarantees them finite and in [0, 1]
+        validate = {m.name: m.name not in self._validated for m in metrics}
         for cb in self.batches:
-            maps = compiled(cb.caps, params)
-            for m in metrics:
-                inputs = self.metric_inputs(cb, maps, m, compiled, params)
-                out[m.name].append(m(inputs, validate=m.name not in self._validated).cpu())
+            shared = batch.fresh() if batch is not None else None
+            for j, (compiled, params) in enumerate(items):
+                if j in failed:
+                    continue
+                try:
+                    maps = compiled(cb.caps, params, shared=shared.user(j) if shared is not None else None)
+                except ProgramRuntimeError as err:
+                    failed[j] = err
+                    continue
+                finally:
+                    if shared is not None:
+                        shared.done(j)
+                for m in metrics:
+                    inputs = self.metric_inputs(cb, maps, m, compiled, params)
+                    out[j][m.name].append(m(inputs, validate=validate[m.name]).cpu())
         self._validated.update(m.name for m in metrics)
-        return {k: torch.cat(v) for k, v in out.items()}
+        return [failed[j] if j in failed else {k: torch.cat(v) for k, v in acc.items()} for j, acc in enumerate(out)]
 
 
 def score_streaming(bench: "Workbench", programs: Sequence[tuple[CompiledProgram, dict | None]],
                     metrics: Sequence[Metric]) -> list[dict[str, Tensor]]:
     """Per-image metric values of several programs in ONE pass over the data, keeping one batch
     of captures at a time (memory bounded by the batch, whatever the dataset). A program that
-    yields NaN/Inf on a batch gets NaN there."""
+    yields NaN/Inf on a batch gets NaN there. Sub-expressions several programs compute are computed
+    once per batch (:class:`sycam.cse.SharedValues`; values unchanged)."""
     for compiled, _ in programs:
         check_score(compiled, bench.request)
     out: list[dict[str, list[Tensor]]] = [{m.name: [] for m in metrics} for _ in programs]
+    shared_batch = SharedValues(programs) if len(programs) > 1 else None
     for batch, targets, caps in bench.iter_batches():
         cb = CachedBatch(batch, targets, caps)
-        for (compiled, params), acc in zip(programs, out):
+        shared = shared_batch.fresh() if shared_batch is not None else None
+        for j, ((compiled, params), acc) in enumerate(zip(programs, out)):
             try:
-                maps = compiled(caps, params)
+                maps = compiled(caps, params, shared=shared.user(j) if shared is not None else None)
             except ProgramRuntimeError:
                 for m in metrics:
                     acc[m.name].append(torch.full((len(batch),), float("nan")))
                 continue
+            finally:
+                if shared is not None:
+                    shared.done(j)
             for m in metrics:
                 acc[m.name].append(m(bench.metric_inputs(cb, maps, m, compiled, params)).cpu())
     return [{k: torch.cat(v) for k, v in acc.items()} for acc in out]

@@ -79,3 +79,20 @@ def test_float_noise_around_a_constant_normalises_to_a_constant_map() -> None:
     signal = 0.02 * (1 + 1e-3 * torch.rand(3, 7, 7, generator=g))  # a weak but real contrast stays
     out = K.norm(signal)
     assert torch.allclose(out.flatten(1).amax(1), torch.ones(3)) and torch.allclose(out.flatten(1).amin(1), torch.zeros(3))
+
+
+def test_maps_equal_on_their_own_grid_are_equal_at_the_input_size() -> None:
+    """The race confirms twins on CompiledProgram.native (no upsampling): scale and offset vanish
+    there as they do after upsampling, and a program that yields Inf is refused there too."""
+    caps, res = _caps()
+    a = CompiledProgram("relu(sum_c(mean_hw(G) * A))", res)
+    b = CompiledProgram("3 * relu(sum_c(mean_hw(G) * A)) + 2", res)
+    assert a.native(caps).shape == (2, 4, 4)
+    assert torch.allclose(a.native(caps), b.native(caps), atol=1e-6)
+    assert torch.allclose(a(caps), b(caps), atol=1e-6)
+    import pytest
+
+    from sycam.errors import ProgramRuntimeError
+
+    with pytest.raises(ProgramRuntimeError, match="NaN or Inf"):
+        CompiledProgram("sq(sq(sq(sq(sq(mean_c(A) * 100000000000000000000)))))", res).native(caps)

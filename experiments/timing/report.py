@@ -51,7 +51,9 @@ def _env(meta: dict[str, Any]) -> list[str]:
         f"- **Machine**: {env['cpu']}, {env['cpus_visible']} CPU(s) visible, {env['mem_total_gb']} GiB RAM, "
         f"{env['platform']}, Python {env['python']}; device `{env['device']}`"
         + (f" ({env['gpu']})" if env.get("gpu") else "")
-        + f"; torch threads {env['torch_threads']} (interop {env['torch_interop_threads']}).",
+        + f"; torch threads {env['torch_threads']} (interop {env['torch_interop_threads']})"
+        + ("; glibc's allocator tuned as the sycam commands tune it (sycam/_malloc.py)" if env.get("allocator_tuned") else "")
+        + ".",
         "- **Load average** (1/5/15 min): " + "; ".join(f"{k}: {'/'.join(_s(v, 2) for v in vals)}" for k, vals in la.items())
         + ". The machine is shared: absolute times are indicative only, ratios are the result.",
         "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".",

@@ -523,13 +523,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         plan.scorecam = plan.scorecam + [("resnet50", 1, 1, (*_VARIANTS, "pytorch-grad-cam"))]
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(args.threads)
+    from sycam._malloc import tune_allocator
+
+    allocator = tune_allocator()  # as the sycam commands do (and for every contender alike: one process)
     sections = [s for s in SECTIONS if s in args.sections.split(",")]
     log = Log(args.quiet)
     started = datetime.datetime.now().astimezone()
     results: dict[str, Any] = {
         "meta": {"command": "python -m experiments.timing.run " + " ".join(sys.argv[1:] if argv is None else argv),
                  "plan": asdict(plan), "started": started.isoformat(timespec="seconds"), "sections": sections,
-                 "environment": environment(device), "loadavg": {"start": loadavg()}},
+                 "environment": {**environment(device), "allocator_tuned": allocator}, "loadavg": {"start": loadavg()}},
     }
     keep: dict[str, Any] = {}
     runners: dict[str, Callable[[], Any]] = {

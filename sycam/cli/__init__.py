@@ -9,6 +9,7 @@ import sys
 import threading
 
 from sycam.errors import SycamError
+from sycam._malloc import tune_allocator
 
 # sub-command -> module under sycam.cli (imported lazily so `sycam check` needs no torch)
 COMMANDS = {
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(f"sycam.cli.{COMMANDS[args.command]}")
+    tune_allocator()  # a command's full-resolution passes would page-fault every temporary again
     try:
         with insistent_interrupt():
             return int(module.run(args.command, args) or 0)

@@ -49,7 +49,7 @@ def _otsu_split(counts: Tensor, n: int) -> tuple[Tensor, Tensor]:
 def _bin_index(maps: Tensor, bins: int) -> Tensor:
     """``floor(v·bins)`` per pixel as int32, for maps in [0, 1]: ``bins`` itself for v = 1 (see
     :func:`_histograms`), 0 for tiny negatives (truncation is floor for v >= 0)."""
-    exact = bins & (bins - 1) == 0  # a power of two: v·bins is exact in float32
+    exact = (bins & (bins - 1)) == 0  # a power of two: v·bins is exact in float32
     scaled = maps * bins if exact else maps.to(_hi_precision(maps.device)) * bins
     return scaled.to(torch.int32)
 

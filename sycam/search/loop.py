@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import optuna
+import torch
 
 from sycam.capture import CaptureRequest
 from sycam.compile import CompiledProgram
@@ -198,9 +199,16 @@ class Racer:
             self.claims.done(claim, values)
         if k == 0:
             cand.first = None
+        self._record(cand, k, values)
+        self.stats.rung_seconds[k] += time.perf_counter() - t0
+        return values
+
+    def _record(self, cand: _Cand, k: int, values: tuple[float, ...]) -> None:
+        """Keep a value computed at rung ``k`` (in the candidate's entry, shared with its twins)
+        and count it."""
+        assert cand.values is not None
         cand.values[k] = values
         self.stats.per_rung[k] += 1
-        self.stats.rung_seconds[k] += time.perf_counter() - t0
         if k == 0:
             self.stats.scored += 1
         if k == self.exact_rung:
@@ -208,14 +216,14 @@ class Racer:
             self.stats.exact_images += self.bench.n
             if self.on_exact is not None:
                 self.on_exact(values)
-        return values
 
-    def _fingerprint(self, cand: _Cand) -> None:
+    def _fingerprint(self, cand: _Cand, first: torch.Tensor | None = None) -> None:
         """Give ``cand`` its values entry: its twin's, or a new one (its rung-0 first maps kept
-        for rung 0). ProgramRuntimeError propagates (an invalid program)."""
+        for rung 0; ``first``: those maps, already computed). ProgramRuntimeError propagates (an
+        invalid program)."""
         if cand.values is not None:
             return
-        cand.first = self.bench.first_maps(self._compiled(cand), cand.params)
+        cand.first = first if first is not None else self.bench.first_maps(self._compiled(cand), cand.params)
         low = map_key(cand.first) + repr(sorted(cand.params.items())).encode()
         if self.bench.rungs[0].exact:  # the first maps are the probe's
             cand.probe_key = low
@@ -233,18 +241,20 @@ class Racer:
         return self.claims is None and self.bench.batchable(k)
 
     def values_many(self, cands: Sequence[_Cand], k: int) -> list[tuple[float, ...] | None]:
-        """:meth:`values_at` of many candidates at a partial rung (:meth:`batched`), their metric
-        values computed in one call (:meth:`RungBench.score_many`); twins within the batch are
-        scored once. None for an invalid program."""
+        """:meth:`values_at` of many candidates at a batched rung (:meth:`batched`), scored
+        together (:meth:`RungBench.score_many`); twins within the batch are scored once. None for
+        an invalid program."""
         t0 = time.perf_counter()
         results: list[tuple[float, ...] | None] = [None] * len(cands)
         owners: dict[int, int] = {}  # id of a values entry -> the candidate that scores it
         todo, followers = [], []
+        new = [c for c in cands if c.values is None]  # their first maps together: shared sub-expressions
+        firsts = dict(zip(map(id, new), self.bench.first_maps_many([(self._compiled(c), c.params) for c in new])))
         for j, cand in enumerate(cands):
-            try:
-                self._fingerprint(cand)
-            except ProgramRuntimeError:
+            first = firsts.get(id(cand))
+            if isinstance(first, ProgramRuntimeError):
                 continue
+            self._fingerprint(cand, first)
             assert cand.values is not None
             hit = cand.values.get(k)
             if hit is not None:
@@ -262,11 +272,8 @@ class Racer:
                 cand.first = None
             if values is None:
                 continue
-            assert cand.values is not None
-            cand.values[k] = results[j] = values
-            self.stats.per_rung[k] += 1
-            if k == 0:
-                self.stats.scored += 1
+            self._record(cand, k, values)
+            results[j] = values
         for j in followers:
             assert cands[j].values is not None
             results[j] = cands[j].values.get(k)

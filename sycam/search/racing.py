@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from sycam.capture import Captures
 from sycam.compile import CompiledProgram
+from sycam.cse import SharedValues
 from sycam.data.base import Batch
 from sycam.errors import ProgramRuntimeError
 from sycam.metrics import Metric
@@ -150,9 +151,31 @@ class RungBench:
             return self.probe_maps(compiled, params)
         return compiled(self._chunks[0][0].caps, params)
 
+    def first_maps_many(self, items: Sequence[tuple[CompiledProgram, Mapping[str, float] | None]]
+                        ) -> list[torch.Tensor | ProgramRuntimeError]:
+        """:meth:`first_maps` of many programs, sub-expressions they share computed once; a
+        program's ProgramRuntimeError in place of its maps."""
+        probe = self.rungs[0].exact
+        caps = _head(self.bench.batches[0].caps, 16) if probe else self._chunks[0][0].caps
+        shared = SharedValues(items) if len(items) > 1 else None
+        out: list[torch.Tensor | ProgramRuntimeError] = []
+        for j, (compiled, params) in enumerate(items):
+            view = shared.user(j) if shared is not None else None
+            try:
+                out.append(compiled.native(caps, params, view) if probe else compiled(caps, params, shared=view))
+            except ProgramRuntimeError as err:
+                out.append(err)
+            finally:
+                if shared is not None:
+                    shared.done(j)
+        return out
+
     def probe_maps(self, compiled: CompiledProgram, params=None):
-        """The maps of the first 16 train images at full size (the search's observational probe)."""
-        return compiled(_head(self.bench.batches[0].caps, 16), params)
+        """The maps of the first 16 train images, normalised on the program's own grid (the
+        search's observational probe: equal there means equal at every size, see
+        :meth:`CompiledProgram.native`; a third of a single-layer race's time went to the probe
+        when it upsampled to the input size and hashed 16×224×224 maps)."""
+        return compiled.native(_head(self.bench.batches[0].caps, 16), params)
 
     def score(self, compiled: CompiledProgram, k: int, params=None, first=None) -> tuple[float, ...]:
         """Mean value of each metric at rung ``k``; ``first``: the maps :meth:`first_maps` gave
@@ -172,33 +195,46 @@ class RungBench:
 
 
     def batchable(self, k: int) -> bool:
-        """Can rung ``k`` score many candidates in one metric call (:meth:`score_many`)? A partial
-        rung whose metrics see only maps and masks, each image on its own (every localisation and
-        complexity metric; not those that run the model or the explainer)."""
-        return not self.rungs[k].exact and all(m.needs <= BATCHABLE_NEEDS for m in self.metrics)
+        """Does rung ``k`` score candidates many at a time (:meth:`score_many`)? Where the metrics
+        see only maps and masks, each image on its own (every localisation and complexity metric;
+        not those that run the model or the explainer, whose cost a batch would only hide from
+        the clock)."""
+        return all(m.needs <= BATCHABLE_NEEDS for m in self.metrics)
 
     def score_many(self, items: Sequence[tuple[CompiledProgram, Mapping[str, float] | None, object]],
                    k: int) -> list[tuple[float, ...] | None]:
-        """:meth:`score` of many candidates ``(compiled, params, first)`` at a partial rung: each
-        program computes its maps, chunk by chunk, and the maps of all candidates meet in one
-        call of each metric (against the chunk's masks repeated). Per-image metrics make every
-        value exactly what :meth:`score` gives; one call instead of one per candidate saves
-        most of the metric's cost at a rung's small sizes (0.4 against 2.6 ms per candidate for
-        Otsu IoU on 16 maps of 56×56, timed). None where a program fails (ProgramRuntimeError)."""
+        """:meth:`score` of many candidates ``(compiled, params, first)`` at rung ``k``
+        (:meth:`batchable`), every value exactly what :meth:`score` gives; None where a program
+        fails (ProgramRuntimeError). On each chunk of images, what several candidates compute is
+        computed once (:class:`sycam.cse.SharedValues`: 3× on the timing suite's multi-layer
+        candidates at rung 0). At a partial rung the maps of all candidates then meet in one call
+        of each metric (against the chunk's masks repeated; per-image metrics keep every value
+        exact): one call instead of one per candidate saves most of the metric's cost at a
+        rung's small sizes (0.4 against 2.6 ms per candidate for Otsu IoU on 16 maps of 56×56,
+        timed). The exact rung is :meth:`Workbench.score_many`."""
         if not self.batchable(k):
             raise ValueError(f"racing: rung {self.rungs[k].label} cannot score candidates in one batch")
+        if self.rungs[k].exact:
+            exact = self.bench.score_many([(compiled, params) for compiled, params, _ in items], self.metrics)
+            return [None if isinstance(v, ProgramRuntimeError) else tuple(mean_score(v[m.name]) for m in self.metrics)
+                    for v in exact]
         alive = [True] * len(items)
         out: list[dict[str, list[torch.Tensor]]] = [{m.name: [] for m in self.metrics} for _ in items]
+        batch = SharedValues([(compiled, params) for compiled, params, _ in items])
         for c, cb in enumerate(self._chunks[k]):
             maps, who = [], []
+            shared = batch.fresh()
             for j, (compiled, params, first) in enumerate(items):
                 if not alive[j]:
                     continue
                 try:
-                    maps.append(first if (c == 0 and k == 0 and first is not None) else compiled(cb.caps, params))
+                    maps.append(first if (c == 0 and k == 0 and first is not None)
+                                else compiled(cb.caps, params, shared=shared.user(j)))
                     who.append(j)
                 except ProgramRuntimeError:
                     alive[j] = False
+                finally:
+                    shared.done(j)
             if not who:
                 continue
             b = len(cb.targets)
